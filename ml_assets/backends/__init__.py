@@ -1,0 +1,1 @@
+"""Compute backends: one module per backend behind the ``Backend`` protocol in ``base``."""
