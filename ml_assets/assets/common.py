@@ -1,0 +1,102 @@
+"""What every asset factory shares: the keys of one model's chain, team-wide asset settings and
+reading an upstream asset's latest recorded facts from the instance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from ml_assets.teams.spec import ModelSpec, TeamSpec
+
+EVENT_TAG = "ml_assets/event"
+JOB_ID_TAG = "ml_assets/job_id"
+TEAM_TAG = "ml_assets/team"
+
+
+def raw_key(source: str) -> dg.AssetKey:
+    """The platform location's raw-data asset for a source."""
+    return dg.AssetKey(["platform", f"raw_{source}"])
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    """The asset keys of one model's chain, under the team's key prefix."""
+
+    team: str
+    model: str
+
+    def _key(self, suffix: str) -> dg.AssetKey:
+        return dg.AssetKey([self.team, f"{self.model}{suffix}"])
+
+    @property
+    def dataset(self) -> dg.AssetKey:
+        return self._key("_dataset")
+
+    @property
+    def features(self) -> dg.AssetKey:
+        return self._key("_features")
+
+    @property
+    def trained(self) -> dg.AssetKey:
+        return self._key("")
+
+    @property
+    def evaluation(self) -> dg.AssetKey:
+        return self._key("_evaluation")
+
+    @property
+    def registered(self) -> dg.AssetKey:
+        return self._key("_registered")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """One model of one team: what a factory needs to build that model's assets."""
+
+    team: TeamSpec
+    name: str
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.team.models[self.name]
+
+    @property
+    def keys(self) -> ModelKeys:
+        return ModelKeys(self.team.team, self.name)
+
+    def asset_settings(self, *kinds: str) -> dict[str, Any]:
+        """Group, owners, tags and kinds that every asset of the team carries."""
+        return {
+            "group_name": self.team.team,
+            "owners": self.team.owner_tags,
+            "tags": {TEAM_TAG: self.team.team},
+            "kinds": set(kinds),
+        }
+
+
+def code_version(*parts: Any) -> str:
+    """A short, stable version of the logic and settings that shape an asset's output."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+    """The plain values of the metadata on ``key``'s latest materialization.
+
+    Raises a ``dg.Failure`` that says which asset to materialize first when there is none.
+    """
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(
+            description=(
+                f"{key.to_user_string()} has not been materialized yet; materialize it first "
+                "(its code location's 'Materialize' button, or `dagster asset materialize`)."
+            )
+        )
+    values = {name: value.value for name, value in event.asset_materialization.metadata.items()}
+    values["__run_id__"] = event.run_id
+    return values

@@ -1,0 +1,127 @@
+"""The trained-model asset: submits a training job and returns without waiting for it.
+
+The step records the job's handle as an ``AssetObservation`` and ends in seconds; the team's
+reconciling sensor materializes the asset when the job finishes, however long that takes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+
+from ml_assets import storage
+from ml_assets.assets.common import (
+    EVENT_TAG,
+    JOB_ID_TAG,
+    ModelContext,
+    code_version,
+    latest_metadata,
+)
+from ml_assets.backends import load_backend
+from ml_assets.backends.base import JobHandle, JobSpec, idempotency_key, job_name_for
+
+TRAINING_LOGIC_VERSION = "1"
+ENTRYPOINT = ["python", "-m", "ml_assets.training.entrypoint"]
+SUBMITTED = "submitted"
+
+
+def build_job_spec(
+    model: ModelContext, *, run_id: str, attempt: int, features_uri: str, home: Path
+) -> JobSpec:
+    """The job that trains ``model`` on one features file, for one attempt of one run."""
+    spec, team = model.spec, model.team.team
+    key = idempotency_key(team, model.name, run_id, attempt)
+    output_uri = str(home / "jobs" / team / model.name / job_name_for(team, model.name, key))
+    job = {
+        "trainer": spec.trainer.name,
+        "hyperparameters": spec.trainer.hyperparameters,
+        "features_uri": features_uri,
+        "output_uri": output_uri,
+        "seed": spec.trainer.seed,
+    }
+    return JobSpec(
+        team=team,
+        model=model.name,
+        command=[*ENTRYPOINT, "--job", json.dumps(job, sort_keys=True)],
+        output_uri=output_uri,
+        idempotency_key=key,
+        backend=spec.backend,
+        resources=spec.resources,
+        labels={"ml-assets-team": team, "ml-assets-model": model.name},
+    )
+
+
+def submission_event(
+    model: ModelContext, handle: JobHandle, *, run_id: str, attempt: int, features_uri: str
+) -> dg.AssetObservation:
+    """The durable record of a job in flight: what the sensor needs to find it again."""
+    record = {
+        "handle": handle.model_dump(mode="json"),
+        "run_id": run_id,
+        "attempt": attempt,
+        "features_uri": features_uri,
+    }
+    return dg.AssetObservation(
+        asset_key=model.keys.trained,
+        description=f"Training job {handle.job_id} submitted to {handle.backend} (attempt {attempt}).",
+        metadata={
+            "status": "submitted",
+            "job_id": handle.job_id,
+            "backend": handle.backend,
+            "attempt": attempt,
+            "output": dg.MetadataValue.path(handle.output_uri),
+            "job": dg.MetadataValue.json(record),
+        },
+        tags={EVENT_TAG: SUBMITTED, JOB_ID_TAG: handle.job_id},
+    )
+
+
+def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
+    """The ``<model>`` asset: submit the training job; the sensor materializes it later."""
+    spec, keys = model.spec, model.keys
+
+    @dg.asset(
+        key=keys.trained,
+        deps=[keys.features],
+        output_required=False,
+        description=(
+            f"{spec.description or model.name} — trained with {spec.trainer.name} on the "
+            f"{spec.backend} backend. Materialized by the {model.team.team}_training_reconciler "
+            "sensor when the job finishes."
+        ),
+        code_version=code_version(TRAINING_LOGIC_VERSION, spec.trainer.model_dump()),
+        pool="gpu" if spec.resources.gpu_count else None,
+        **model.asset_settings("scikit-learn", spec.backend),
+    )
+    def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        features = latest_metadata(context.instance, keys.features)
+        job_spec = build_job_spec(
+            model,
+            run_id=context.run_id,
+            attempt=1,
+            features_uri=str(features["path"]),
+            home=storage.home(context.instance),
+        )
+        backend = load_backend(spec.backend)
+        handle = backend.submit(job_spec)
+        try:
+            context.log.info(
+                f"submitted {handle.job_id} to {handle.backend}; this step ends now and the "
+                f"{model.team.team}_training_reconciler sensor records the model when it finishes"
+            )
+            yield submission_event(
+                model,
+                handle,
+                run_id=context.run_id,
+                attempt=1,
+                features_uri=str(features["path"]),
+            )
+        except BaseException:
+            # The run was terminated while recording the job: leave nothing running untracked.
+            backend.cancel(handle)
+            raise
+
+    return trained_model

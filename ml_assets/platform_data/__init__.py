@@ -1,0 +1,1 @@
+"""The upstream data-engineering location: raw data that model teams build on."""

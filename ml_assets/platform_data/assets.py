@@ -1,0 +1,89 @@
+"""Raw data owned by the platform team, written as Parquet and versioned by content hash."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ml_assets import storage
+from ml_assets.assets.common import raw_key
+from ml_assets.datasets import file_sha256
+
+ROWS_ENV = "ML_ASSETS_TRANSACTION_ROWS"
+PLATFORM = {
+    "group_name": "platform",
+    "owners": ["team:platform"],
+    "tags": {"ml_assets/team": "platform"},
+    # Build the raw data once on a fresh instance, so teams can start right away.
+    "automation_condition": dg.AutomationCondition.on_missing(),
+}
+
+
+class TransactionsConfig(dg.Config):
+    """How much synthetic card-transaction history to generate."""
+
+    rows: int = dg.Field(  # type: ignore[assignment]
+        default_factory=lambda: int(os.environ.get(ROWS_ENV, "200000")),
+        description="Rows to generate: thousands for a laptop demo, 10 million or more at scale.",
+    )
+    seed: int = dg.Field(default=7, description="Seed of the generator; same seed, same data.")  # type: ignore[assignment]
+
+
+def _written(path: Path, rows: int, **extra: object) -> dg.MaterializeResult:
+    version = file_sha256(path)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "dagster/row_count": rows,
+            "data_version": version,
+            "size_mb": round(path.stat().st_size / 2**20, 2),
+            **extra,  # type: ignore[dict-item]
+        },
+    )
+
+
+@dg.asset(
+    key=raw_key("breast_cancer"),
+    description="scikit-learn's bundled Wisconsin breast-cancer measurements (569 tumours).",
+    code_version="1",
+    kinds={"parquet", "scikit-learn"},
+    **PLATFORM,  # type: ignore[arg-type]
+)
+def raw_breast_cancer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from ml_assets.datasets import load_breast_cancer
+
+    frame = load_breast_cancer()
+    path = storage.asset_file(
+        storage.home(context.instance), raw_key("breast_cancer").path, context.run_id
+    )
+    frame.to_parquet(path, index=False)
+    return _written(path, len(frame), malignant_rate=float(frame["label"].mean()))
+
+
+@dg.asset(
+    key=raw_key("card_transactions"),
+    description=(
+        "Synthetic card transactions with a fraud label, generated from a fixed seed; the row "
+        f"count is set in the launchpad (`rows`) or with ${ROWS_ENV}."
+    ),
+    code_version="1",
+    kinds={"parquet", "numpy"},
+    **PLATFORM,  # type: ignore[arg-type]
+)
+def raw_card_transactions(
+    context: dg.AssetExecutionContext, config: TransactionsConfig
+) -> dg.MaterializeResult:
+    from ml_assets.datasets import write_card_transactions
+
+    path = storage.asset_file(
+        storage.home(context.instance), raw_key("card_transactions").path, context.run_id
+    )
+
+    def progress(done: int, total: int) -> None:
+        context.log.info(f"generated {done:,} of {total:,} transactions ({done / total:.0%})")
+
+    rows = write_card_transactions(path, rows=config.rows, seed=config.seed, progress=progress)
+    return _written(path, rows, seed=config.seed)

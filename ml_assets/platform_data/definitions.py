@@ -1,0 +1,18 @@
+"""The platform data code location."""
+
+import dagster as dg
+
+from ml_assets.platform_data.assets import raw_breast_cancer, raw_card_transactions
+
+defs = dg.Definitions(
+    assets=[raw_breast_cancer, raw_card_transactions],
+    sensors=[
+        dg.AutomationConditionSensorDefinition(
+            "platform_automation",
+            target=dg.AssetSelection.groups("platform"),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=15,
+            description="Builds missing raw data on a fresh instance.",
+        )
+    ],
+)

@@ -1,0 +1,93 @@
+"""A model registry in plain files: the embedded default, needing no server.
+
+Layout under ``root``: ``<model_name>/<version>/`` holds the artifact and ``version.json``;
+``<model_name>/aliases.json`` maps alias names to versions. Version numbers are claimed with an
+atomic ``mkdir``, so two registrations at once never get the same number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ml_assets.registries.base import ModelVersion, RegistrationRequest
+
+
+class LocalRegistry:
+    """File-backed ``ModelRegistry``."""
+
+    name = "local"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def register(self, request: RegistrationRequest) -> ModelVersion:
+        existing = next(
+            (v for v in self.list_versions(request.model_name) if v.job_id == request.job_id), None
+        )
+        if existing is not None:
+            return existing
+        model_dir = self.root / request.model_name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        number = len(self._version_dirs(request.model_name)) + 1
+        while True:
+            version_dir = model_dir / str(number)
+            try:
+                version_dir.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        artifact = version_dir / Path(request.artifact_path).name
+        shutil.copy2(request.artifact_path, artifact)
+        version = ModelVersion(
+            registry=self.name,
+            model_name=request.model_name,
+            version=str(number),
+            uri=str(artifact),
+            job_id=request.job_id,
+            metrics=request.metrics,
+            lineage={**request.lineage, "params": request.params},
+        )
+        _write_json(version_dir / "version.json", version.model_dump(exclude={"aliases"}))
+        return version
+
+    def list_versions(self, model_name: str) -> list[ModelVersion]:
+        aliases = self._aliases(model_name)
+        versions = []
+        for version_dir in self._version_dirs(model_name):
+            document = version_dir / "version.json"
+            if not document.exists():  # a registration still copying its artifact
+                continue
+            data = json.loads(document.read_text())
+            data["aliases"] = sorted(a for a, v in aliases.items() if v == data["version"])
+            versions.append(ModelVersion.model_validate(data))
+        return versions
+
+    def set_alias(self, model_name: str, version: str, alias: str) -> None:
+        if not (self.root / model_name / version / "version.json").exists():
+            raise ValueError(f"{model_name} has no version {version} in {self.root}")
+        aliases = self._aliases(model_name)
+        aliases[alias] = version
+        _write_json(self.root / model_name / "aliases.json", aliases)
+
+    def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
+        version = self._aliases(model_name).get(alias)
+        return next((v for v in self.list_versions(model_name) if v.version == version), None)
+
+    def _version_dirs(self, model_name: str) -> list[Path]:
+        model_dir = self.root / model_name
+        if not model_dir.is_dir():
+            return []
+        return sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+    def _aliases(self, model_name: str) -> dict[str, str]:
+        path = self.root / model_name / "aliases.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""MLflow Model Registry: tracking run plus registered model version, with aliases (MLflow 3).
+
+The default store is a local SQLite database with a local artifact root, so it works with no
+server; point ``tracking_uri`` at an ``mlflow server`` to share it. ``mlflow`` is imported only
+here, when the registry is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ml_assets.registries.base import JOB_ID_TAG, ModelVersion, RegistrationRequest
+
+
+class MlflowRegistry:
+    """``ModelRegistry`` backed by MLflow tracking and the MLflow Model Registry."""
+
+    name = "mlflow"
+
+    def __init__(self, tracking_uri: str, artifact_root: str | Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root) if artifact_root else None
+
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def register(self, request: RegistrationRequest) -> ModelVersion:
+        import joblib
+        import mlflow
+        import mlflow.sklearn
+
+        existing = next(
+            (v for v in self.list_versions(request.model_name) if v.job_id == request.job_id), None
+        )
+        if existing is not None:
+            return existing
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        experiment_id = self._experiment(request.model_name)
+        bundle = joblib.load(request.artifact_path)
+        lineage_tags = {f"ml_assets.{k}": str(v) for k, v in request.lineage.items()}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=request.job_id) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in request.params.items()})
+            mlflow.log_metrics(request.metrics)
+            mlflow.set_tags({JOB_ID_TAG: request.job_id, **lineage_tags})
+            mlflow.sklearn.log_model(bundle["estimator"], name="model")
+            mlflow.log_artifact(request.artifact_path, artifact_path="ml_assets")
+            run_id = run.info.run_id
+        client = self._client()
+        if not client.search_registered_models(filter_string=f"name = '{request.model_name}'"):
+            client.create_registered_model(request.model_name)
+        created = client.create_model_version(
+            request.model_name,
+            source=f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags={JOB_ID_TAG: request.job_id, **lineage_tags},
+        )
+        return self._version(created, request.model_name)
+
+    def list_versions(self, model_name: str) -> list[ModelVersion]:
+        client = self._client()
+        found = client.search_model_versions(filter_string=f"name = '{model_name}'")
+        return sorted(
+            (self._version(v, model_name) for v in found), key=lambda v: int(v.version)
+        )
+
+    def set_alias(self, model_name: str, version: str, alias: str) -> None:
+        self._client().set_registered_model_alias(model_name, alias, version)
+
+    def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self._client().get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            return None
+        return self._version(found, model_name)
+
+    def _experiment(self, model_name: str) -> str:
+        client = self._client()
+        experiment = client.get_experiment_by_name(model_name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = (self.artifact_root / model_name).as_uri() if self.artifact_root else None
+        return str(client.create_experiment(model_name, artifact_location=location))
+
+    def _version(self, found: Any, model_name: str) -> ModelVersion:
+        client = self._client()
+        run = client.get_run(found.run_id) if found.run_id else None
+        tags = dict(found.tags or {})
+        return ModelVersion(
+            registry=self.name,
+            model_name=model_name,
+            version=str(found.version),
+            uri=f"models:/{model_name}/{found.version}",
+            job_id=tags.get(JOB_ID_TAG, ""),
+            metrics=dict(run.data.metrics) if run else {},
+            lineage={
+                k.removeprefix("ml_assets."): v
+                for k, v in tags.items()
+                if k.startswith("ml_assets.") and k != JOB_ID_TAG
+            },
+            aliases=sorted(getattr(found, "aliases", []) or []),
+        )

@@ -1,0 +1,359 @@
+"""The training-job reconciler: one sensor per team that records finished jobs exactly once.
+
+The event log is the source of truth. The trained-model asset records every submission as an
+observation tagged ``ml_assets/event=submitted``; this sensor records every outcome the same
+way (a materialization for success, observations for failure, retry and cancellation). A tick
+folds the events stored since its cursor into the set of jobs in flight, polls those jobs in one
+batch per backend, and emits the outcomes.
+
+Why this is exactly once: the sensor daemon stores a tick's events one by one and only then the
+new cursor, so a crash in between replays the tick from the old cursor. The replayed tick folds
+the events the first attempt already stored, which removes the finished jobs from the in-flight
+set before anything is polled, so nothing is emitted twice. A lost cursor is rebuilt by folding
+from the start of the log, so a restart loses nothing either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import dagster as dg
+from pydantic import BaseModel, Field
+
+from ml_assets import storage
+from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.training import SUBMITTED, build_job_spec, submission_event
+from ml_assets.backends import load_backend
+from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
+from ml_assets.teams.spec import TeamSpec
+
+MATERIALIZED = "materialized"
+RETRIED = "retried"
+FAILED = "failed"
+CANCELLED = "cancelled"
+PROGRESS = "progress"
+CANCEL_REQUESTED = "cancel_requested"
+TERMINAL_EVENTS = {MATERIALIZED, RETRIED, FAILED, CANCELLED}
+LOG_TAIL_LINES = 40
+PAGE = 500
+
+
+class InFlight(BaseModel):
+    """One job the sensor is waiting on, as recorded by its submission observation."""
+
+    model: str
+    handle: JobHandle
+    run_id: str
+    attempt: int
+    features_uri: str
+    last_seen: str = ""
+
+
+class ReconcilerCursor(BaseModel):
+    """The sensor's cursor: a watermark into the event log plus the jobs in flight.
+
+    Both are derivable from the event log alone; the cursor only saves re-reading it.
+    """
+
+    after: int = 0
+    inflight: dict[str, InFlight] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> ReconcilerCursor:
+        return cls.model_validate_json(raw) if raw else cls()
+
+
+@dataclass
+class TickOutcome:
+    """What one reconciliation produced: events to store, the next cursor, and a log."""
+
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = field(default_factory=list)
+    cursor: ReconcilerCursor = field(default_factory=ReconcilerCursor)
+    log: list[str] = field(default_factory=list)
+
+
+def fold_events(
+    instance: dg.DagsterInstance, team: TeamSpec, cursor: ReconcilerCursor
+) -> ReconcilerCursor:
+    """Apply the job events stored after ``cursor.after`` to the in-flight set."""
+    inflight = dict(cursor.inflight)
+    after = cursor.after
+    records: list[dg.EventLogRecord] = []
+    for name in team.models:
+        key = ModelContext(team, name).keys.trained
+        records.extend(_records(instance.fetch_observations, key, cursor.after))
+        records.extend(_records(instance.fetch_materializations, key, cursor.after))
+    for record in sorted(records, key=lambda r: r.storage_id):
+        after = max(after, record.storage_id)
+        event = record.asset_event
+        tags = (event.tags if event is not None else None) or {}
+        kind, job_id = tags.get(EVENT_TAG), tags.get(JOB_ID_TAG)
+        if not job_id or event is None:
+            continue
+        if kind == SUBMITTED:
+            job = event.metadata["job"].value
+            assert isinstance(job, dict)
+            model = event.asset_key.path[-1]
+            inflight[job_id] = InFlight(
+                model=model,
+                handle=JobHandle.model_validate(job["handle"]),
+                run_id=job["run_id"],
+                attempt=job["attempt"],
+                features_uri=job["features_uri"],
+            )
+        elif kind in TERMINAL_EVENTS:
+            inflight.pop(job_id, None)
+    return ReconcilerCursor(after=after, inflight=inflight)
+
+
+def _records(fetch: Any, key: dg.AssetKey, after: int) -> Iterable[dg.EventLogRecord]:
+    page_cursor = None
+    while True:
+        result = fetch(
+            dg.AssetRecordsFilter(asset_key=key, after_storage_id=after),
+            limit=PAGE,
+            cursor=page_cursor,
+            ascending=True,
+        )
+        yield from result.records
+        if not result.has_more:
+            return
+        page_cursor = result.cursor
+
+
+class Reconciler:
+    """Reconciles one team's training jobs; the sensor is a thin wrapper around ``tick``."""
+
+    def __init__(self, team: TeamSpec, backends: dict[str, Backend] | None = None) -> None:
+        self.team = team
+        self._backends = dict(backends or {})
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = load_backend(name)
+        return self._backends[name]
+
+    def tick(self, instance: dg.DagsterInstance, raw_cursor: str | None) -> TickOutcome:
+        cursor = fold_events(instance, self.team, ReconcilerCursor.parse(raw_cursor))
+        outcome = TickOutcome(cursor=cursor)
+        if not cursor.inflight:
+            return outcome
+        statuses = self._poll(cursor.inflight, outcome)
+        cancelled_runs = self._cancelled_runs(instance, cursor.inflight.values())
+        for job_id, job in list(cursor.inflight.items()):
+            status = statuses.get(job_id)
+            if status is None:
+                continue
+            try:
+                self._advance(instance, job, status, cancelled_runs, outcome)
+            except Exception as exc:  # one broken job must not stop the others
+                outcome.log.append(f"{job_id}: could not be reconciled this tick: {exc!r}")
+        return outcome
+
+    def _poll(self, inflight: dict[str, InFlight], outcome: TickOutcome) -> dict[str, JobStatus]:
+        by_backend: dict[str, list[JobHandle]] = {}
+        for job in inflight.values():
+            by_backend.setdefault(job.handle.backend, []).append(job.handle)
+        statuses: dict[str, JobStatus] = {}
+        for name, handles in by_backend.items():
+            try:
+                statuses.update(self.backend(name).poll(handles))
+            except Exception as exc:  # keep the jobs in flight and try again next tick
+                outcome.log.append(f"polling {len(handles)} job(s) on {name} failed: {exc!r}")
+        return statuses
+
+    def _cancelled_runs(self, instance: dg.DagsterInstance, jobs: Iterable[InFlight]) -> set[str]:
+        run_ids = sorted({job.run_id for job in jobs})
+        runs = instance.get_runs(dg.RunsFilter(run_ids=run_ids))
+        stopped = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING}
+        return {run.run_id for run in runs if run.status in stopped}
+
+    def _advance(
+        self,
+        instance: dg.DagsterInstance,
+        job: InFlight,
+        status: JobStatus,
+        cancelled_runs: set[str],
+        outcome: TickOutcome,
+    ) -> None:
+        model = ModelContext(self.team, job.model)
+        job_id = job.handle.job_id
+        cursor = outcome.cursor
+        if status.state == JobState.SUCCEEDED:
+            outcome.events.append(self._materialization(model, job, status))
+            cursor.inflight.pop(job_id)
+            outcome.log.append(f"{job_id}: succeeded; {model.keys.trained.to_user_string()} recorded")
+        elif status.state == JobState.FAILED:
+            self._failed(instance, model, job, status, outcome)
+        elif status.state == JobState.CANCELLED:
+            outcome.events.append(
+                _observation(model, job, CANCELLED, f"Training job {job_id} was cancelled.", {})
+            )
+            cursor.inflight.pop(job_id)
+            outcome.log.append(f"{job_id}: cancelled")
+        elif job.run_id in cancelled_runs:
+            self.backend(job.handle.backend).cancel(job.handle)
+            outcome.log.append(f"{job_id}: run {job.run_id} was cancelled, so the job was too")
+        else:
+            seen = f"{status.state.value}:{int((status.progress or 0) * 10)}"
+            if seen != job.last_seen:
+                cursor.inflight[job_id] = job.model_copy(update={"last_seen": seen})
+                outcome.events.append(
+                    _observation(
+                        model,
+                        job,
+                        PROGRESS,
+                        f"Training job {job_id} is {status.state.value}.",
+                        {
+                            "status": status.state.value,
+                            "progress": float(status.progress or 0.0),
+                            "message": status.message,
+                        },
+                    )
+                )
+
+    def _failed(
+        self,
+        instance: dg.DagsterInstance,
+        model: ModelContext,
+        job: InFlight,
+        status: JobStatus,
+        outcome: TickOutcome,
+    ) -> None:
+        job_id = job.handle.job_id
+        backend = self.backend(job.handle.backend)
+        log_tail = backend.logs(job.handle, tail=LOG_TAIL_LINES)
+        attempts = model.spec.retry.max_attempts
+        will_retry = job.attempt < attempts
+        details = {
+            "message": status.message,
+            "log_tail": dg.MetadataValue.md(f"```\n{log_tail}\n```"),
+            "attempt": job.attempt,
+            "max_attempts": attempts,
+        }
+        if not will_retry:
+            outcome.events.append(
+                _observation(
+                    model,
+                    job,
+                    FAILED,
+                    f"Training job {job_id} failed on attempt {job.attempt} of {attempts}; "
+                    f"not retried. {status.message}",
+                    details,
+                )
+            )
+            outcome.cursor.inflight.pop(job_id)
+            outcome.log.append(f"{job_id}: failed for good: {status.message}")
+            return
+        attempt = job.attempt + 1
+        spec = build_job_spec(
+            model,
+            run_id=job.run_id,
+            attempt=attempt,
+            features_uri=job.features_uri,
+            home=storage.home(instance),
+        )
+        handle = backend.submit(spec)
+        # The new job's record goes first: a crash between the two leaves it tracked.
+        outcome.events.append(
+            submission_event(
+                model, handle, run_id=job.run_id, attempt=attempt, features_uri=job.features_uri
+            )
+        )
+        outcome.events.append(
+            _observation(
+                model,
+                job,
+                RETRIED,
+                f"Training job {job_id} failed on attempt {job.attempt} of {attempts}; "
+                f"retrying as {handle.job_id}. {status.message}",
+                {**details, "retry_job_id": handle.job_id},
+            )
+        )
+        outcome.cursor.inflight.pop(job_id)
+        outcome.cursor.inflight[handle.job_id] = InFlight(
+            model=job.model,
+            handle=handle,
+            run_id=job.run_id,
+            attempt=attempt,
+            features_uri=job.features_uri,
+        )
+        outcome.log.append(f"{job_id}: failed ({status.message}); retrying as {handle.job_id}")
+
+    def _materialization(
+        self, model: ModelContext, job: InFlight, status: JobStatus
+    ) -> dg.AssetMaterialization:
+        if not status.result_uri:
+            raise ValueError(f"{job.handle.job_id} succeeded but reported no result location")
+        result = read_result(status.result_uri)
+        metrics = {f"train/{k}": float(v) for k, v in result.get("metrics", {}).items()}
+        features_key = model.keys.features.to_user_string()
+        return dg.AssetMaterialization(
+            asset_key=model.keys.trained,
+            description=f"Trained by job {job.handle.job_id} on {job.handle.backend}.",
+            metadata={
+                "job_id": job.handle.job_id,
+                "backend": job.handle.backend,
+                "attempt": job.attempt,
+                "submitted_by_run": job.run_id,
+                "artifact": dg.MetadataValue.path(result["artifact_uri"]),
+                "trainer": result.get("trainer", model.spec.trainer.name),
+                "hyperparameters": dg.MetadataValue.json(result.get("hyperparameters", {})),
+                "features_uri": dg.MetadataValue.path(result["features_uri"]),
+                "input_data_versions": dg.MetadataValue.json(
+                    {features_key: result["data_version"]}
+                ),
+                "rows_train": int(result.get("rows_train", 0)),
+                "duration_seconds": float(result.get("duration_seconds", 0.0)),
+                "result": dg.MetadataValue.path(status.result_uri),
+                **metrics,
+            },
+            tags={EVENT_TAG: MATERIALIZED, JOB_ID_TAG: job.handle.job_id},
+        )
+
+
+def _observation(
+    model: ModelContext, job: InFlight, kind: str, description: str, metadata: dict[str, Any]
+) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=model.keys.trained,
+        description=description,
+        metadata={"status": kind, "job_id": job.handle.job_id, **metadata},
+        tags={EVENT_TAG: kind, JOB_ID_TAG: job.handle.job_id},
+    )
+
+
+def read_result(uri: str) -> dict[str, Any]:
+    """Read a job's ``result.json`` from wherever its backend left it."""
+    path = Path(uri.removeprefix("file://"))
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+def build_reconciler_sensor(
+    team: TeamSpec, minimum_interval_seconds: int = 10
+) -> dg.SensorDefinition:
+    """The team's reconciling sensor, running by default."""
+    reconciler = Reconciler(team)
+    targets = [ModelContext(team, name).keys.trained for name in team.models]
+
+    @dg.sensor(
+        name=f"{team.team}_training_reconciler",
+        description=(
+            "Polls the team's training jobs in flight and records each finished job exactly "
+            "once: a materialization of the trained model, or its failure with a log tail."
+        ),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        asset_selection=dg.AssetSelection.assets(*targets),
+    )
+    def reconcile(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        outcome = reconciler.tick(context.instance, context.cursor)
+        for line in outcome.log:
+            context.log.info(line)
+        return dg.SensorResult(asset_events=outcome.events, cursor=outcome.cursor.model_dump_json())
+
+    return reconcile

@@ -1,0 +1,1 @@
+"""Model teams: the spec schema and loader, and one folder per team."""

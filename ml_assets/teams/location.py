@@ -1,0 +1,56 @@
+"""Builds a team's code location from its YAML spec: assets, checks, sensors and jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from ml_assets.assets.common import TEAM_TAG, ModelContext
+from ml_assets.assets.data import build_data_assets
+from ml_assets.assets.evaluation import build_evaluation_asset
+from ml_assets.assets.registration import build_registration_asset
+from ml_assets.assets.training import build_training_asset
+from ml_assets.sensors.cancel import build_cancel_job
+from ml_assets.sensors.reconciler import build_reconciler_sensor
+from ml_assets.teams.spec import TeamSpec, load_team_spec
+
+
+def build_team_assets(team: TeamSpec) -> list[dg.AssetsDefinition]:
+    """Every asset of every model of the team, in chain order."""
+    assets: list[dg.AssetsDefinition] = []
+    for name in team.models:
+        model = ModelContext(team, name)
+        assets.extend(build_data_assets(model))
+        assets.append(build_training_asset(model))
+        assets.append(build_evaluation_asset(model))
+        assets.append(build_registration_asset(model))
+    return assets
+
+
+def team_definitions(spec_path: str | Path) -> dg.Definitions:
+    """The Definitions of one team's code location, from its ``team.yaml``."""
+    team = load_team_spec(spec_path)
+    return dg.Definitions(
+        assets=build_team_assets(team),
+        sensors=[
+            build_reconciler_sensor(team),
+            dg.AutomationConditionSensorDefinition(
+                f"{team.team}_automation",
+                target=dg.AssetSelection.groups(team.team),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=15,
+                run_tags={TEAM_TAG: team.team},
+                description="Runs evaluation and registration as soon as a new model is recorded.",
+            ),
+        ],
+        jobs=[
+            dg.define_asset_job(
+                f"{team.team}_pipeline",
+                selection=dg.AssetSelection.groups(team.team),
+                tags={TEAM_TAG: team.team},
+                description="Every asset of the team, from dataset to registered model.",
+            ),
+            build_cancel_job(team),
+        ],
+    )

@@ -1,0 +1,217 @@
+"""The team spec: one YAML file declares a model team, its owners and its models.
+
+The file is validated when the team's code location loads. A mistake fails the location with a
+``TeamSpecError`` that names the file, the line and the field, e.g.::
+
+    ml_assets/teams/fraud/team.yaml, line 18: models.fraud_detector.backend: unknown backend
+    'sagemkr'; choose one of: local
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ml_assets.backends import BACKENDS
+from ml_assets.backends.base import Resources
+from ml_assets.datasets import SOURCES
+from ml_assets.evaluation import threshold_key_is_valid
+from ml_assets.features import FEATURE_SETS
+from ml_assets.training.trainers import TRAINERS
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")]
+
+
+class TeamSpecError(ValueError):
+    """A team YAML file that cannot be used, with the file, line and field that are wrong."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetSpec(_Spec):
+    source: str = Field(description="A platform raw-data source, e.g. card_transactions.")
+    max_rows: int | None = Field(None, ge=100, description="Keep at most this many rows.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return _one_of(value, SOURCES, "source")
+
+
+class FeaturesSpec(_Spec):
+    feature_set: str
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @field_validator("feature_set")
+    @classmethod
+    def _known_feature_set(cls, value: str) -> str:
+        return _one_of(value, FEATURE_SETS, "feature set")
+
+
+class TrainerSpec(_Spec):
+    name: str
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_trainer(cls, value: str) -> str:
+        return _one_of(value, TRAINERS, "trainer")
+
+
+class EvaluationSpec(_Spec):
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="min_<metric> / max_<metric>, e.g. min_roc_auc: 0.9"
+    )
+    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        for key in value:
+            if not threshold_key_is_valid(key):
+                raise ValueError(
+                    f"unknown threshold {key!r}; use min_<metric> or max_<metric> with a metric "
+                    "from ml_assets.evaluation.METRICS, e.g. min_roc_auc"
+                )
+        return value
+
+
+class RetrySpec(_Spec):
+    max_attempts: int = Field(2, ge=1, le=10, description="Total attempts, the first included.")
+
+
+class ModelSpec(_Spec):
+    description: str = ""
+    dataset: DatasetSpec
+    features: FeaturesSpec
+    trainer: TrainerSpec
+    backend: str = "local"
+    resources: Resources = Field(default_factory=Resources)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return _one_of(value, tuple(BACKENDS), "backend")
+
+
+class RegistrySpec(_Spec):
+    kind: Literal["local", "mlflow"] = "local"
+    tracking_uri: str | None = Field(
+        None, description="MLflow only; defaults to a SQLite store under ML_ASSETS_HOME."
+    )
+
+
+class TeamSpec(_Spec):
+    team: Identifier
+    description: str = ""
+    owners: list[str] = Field(min_length=1, description="Emails or 'team:<name>' entries.")
+    allowed_backends: list[str] = Field(default_factory=lambda: ["local"])
+    registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    models: dict[Identifier, ModelSpec] = Field(min_length=1)
+
+    @field_validator("allowed_backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _one_of(name, tuple(BACKENDS), "backend")
+        return value
+
+    @model_validator(mode="after")
+    def _backends_allowed(self) -> TeamSpec:
+        for name, model in self.models.items():
+            if model.backend not in self.allowed_backends:
+                raise _FieldError(
+                    ("models", name, "backend"),
+                    f"backend {model.backend!r} is not in this team's allowed_backends "
+                    f"{self.allowed_backends}",
+                )
+        return self
+
+    @property
+    def owner_tags(self) -> list[str]:
+        """Dagster owners for every asset of the team: the team itself, then its people."""
+        return [f"team:{self.team}", *(o for o in self.owners if o != f"team:{self.team}")]
+
+
+class _FieldError(ValueError):
+    """A cross-field error raised from a model validator, carrying the field's path."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def load_team_spec(path: str | Path) -> TeamSpec:
+    """Read and validate a team YAML file, or raise ``TeamSpecError`` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TeamSpecError(f"{path}: cannot read the team spec: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise TeamSpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TeamSpecError(f"{path}: the team spec must be a mapping with 'team' and 'models'")
+    try:
+        return TeamSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            context_error = error.get("ctx", {}).get("error")
+            if isinstance(context_error, _FieldError):
+                loc, message = context_error.loc, context_error.message
+            else:
+                loc, message = tuple(error["loc"]), _plain(error["msg"])
+            problems.append(_describe(path, root, loc, message))
+        raise TeamSpecError("\n".join(problems)) from None
+
+
+def _plain(message: str) -> str:
+    return re.sub(r"^(Value|Assertion) error, ", "", message)
+
+
+def _describe(path: Path, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> str:
+    field = ".".join(str(part) for part in loc) or "<top level>"
+    line = _line_of(root, loc)
+    where = f"{path}, line {line}" if line else str(path)
+    return f"{where}: {field}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node along ``loc`` that exists in the file."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == str(part)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
