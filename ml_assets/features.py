@@ -10,7 +10,6 @@ this module stay fast; numpy and pandas are imported inside the functions that u
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from ml_assets.datasets import MERCHANT_CATEGORIES
@@ -83,7 +82,10 @@ def assign_split(row_ids: pd.Series, holdout_fraction: float, seed: int) -> pd.S
     keys = row_ids.to_numpy().astype(np.uint64, copy=False)
     salt = np.uint64(_splitmix64_scalar(int(seed) & _MASK64))
     uniform = (_splitmix64(keys ^ salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    labels = np.where(uniform < float(holdout_fraction), "holdout", "train").astype(object)
+    # Indexing a two-element object array shares two str objects across all rows; building the
+    # strings per row would cost tens of bytes each at tens of millions of rows.
+    names = np.array(["train", "holdout"], dtype=object)
+    labels = names[(uniform < float(holdout_fraction)).astype(np.intp)]
     return pd.Series(labels, index=row_ids.index, name="split", dtype=object)
 
 
@@ -164,15 +166,11 @@ def build_features(
     elif feature_set == "transaction_risk":
         features = _transaction_risk(raw)
     else:
-        raise ValueError(f"unknown feature set {feature_set!r}; valid choices: {list(FEATURE_SETS)}")
+        raise ValueError(
+            f"unknown feature set {feature_set!r}; valid choices: {', '.join(FEATURE_SETS)}"
+        )
     labels = set(features["label"].unique().tolist())
     if not labels <= {0, 1}:
         raise ValueError(f"label must be 0/1, found values {sorted(labels)}")
     features["split"] = assign_split(features["row_id"], holdout_fraction, seed)
     return features.reset_index(drop=True)
-
-
-def expected_holdout_rows(rows: int, holdout_fraction: float) -> tuple[float, float]:
-    """Mean and standard deviation of the holdout size for ``rows`` hashed rows (binomial)."""
-    mean = rows * holdout_fraction
-    return mean, math.sqrt(rows * holdout_fraction * (1.0 - holdout_fraction))

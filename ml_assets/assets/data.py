@@ -4,8 +4,6 @@ Both are written as Parquet, one file per run, and versioned by the content hash
 so a training job that reads a version keeps reading exactly that version.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from ml_assets import storage

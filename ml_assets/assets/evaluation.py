@@ -5,8 +5,6 @@ and confusion matrix into the asset's metadata, and carries a blocking check tha
 thresholds are met, so a model below them never reaches the registry.
 """
 
-from __future__ import annotations
-
 import base64
 
 import dagster as dg

@@ -4,8 +4,6 @@ Only a model whose evaluation met every threshold is registered, and the version
 lineage: the training job, the exact data versions it read, the runs and the code versions.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg

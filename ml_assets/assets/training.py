@@ -4,8 +4,6 @@ The step records the job's handle as an ``AssetObservation`` and ends in seconds
 reconciling sensor materializes the asset when the job finishes, however long that takes.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Any, Iterator

@@ -1,11 +1,10 @@
 """Raw data owned by the platform team, written as Parquet and versioned by content hash."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from ml_assets import storage
 from ml_assets.assets.common import raw_key
@@ -24,11 +23,11 @@ PLATFORM = {
 class TransactionsConfig(dg.Config):
     """How much synthetic card-transaction history to generate."""
 
-    rows: int = dg.Field(  # type: ignore[assignment]
+    rows: int = Field(
         default_factory=lambda: int(os.environ.get(ROWS_ENV, "200000")),
         description="Rows to generate: thousands for a laptop demo, 10 million or more at scale.",
     )
-    seed: int = dg.Field(default=7, description="Seed of the generator; same seed, same data.")  # type: ignore[assignment]
+    seed: int = Field(default=7, description="Seed of the generator; same seed, same data.")
 
 
 def _written(path: Path, rows: int, **extra: object) -> dg.MaterializeResult:

@@ -1,8 +1,7 @@
 """An explicit cancel: a job a user launches from the UI to stop a model's training in flight."""
 
-from __future__ import annotations
-
 import dagster as dg
+from pydantic import Field
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.backends import load_backend
@@ -13,8 +12,8 @@ from ml_assets.teams.spec import TeamSpec
 class CancelTrainingConfig(dg.Config):
     """Which training to stop."""
 
-    model: str = dg.Field(description="The model whose in-flight training jobs to cancel.")  # type: ignore[assignment]
-    job_id: str = dg.Field(  # type: ignore[assignment]
+    model: str = Field(description="The model whose in-flight training jobs to cancel.")
+    job_id: str = Field(
         default="", description="Cancel only this job; empty cancels all of the model's jobs."
     )
 

@@ -62,7 +62,7 @@ class ReconcilerCursor(BaseModel):
     inflight: dict[str, InFlight] = Field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: str | None) -> ReconcilerCursor:
+    def parse(cls, raw: str | None) -> "ReconcilerCursor":
         return cls.model_validate_json(raw) if raw else cls()
 
 
@@ -183,10 +183,19 @@ class Reconciler:
         job_id = job.handle.job_id
         cursor = outcome.cursor
         if status.state == JobState.SUCCEEDED:
-            outcome.events.append(self._materialization(model, job, status))
-            cursor.inflight.pop(job_id)
-            outcome.log.append(f"{job_id}: succeeded; {model.keys.trained.to_user_string()} recorded")
-        elif status.state == JobState.FAILED:
+            try:
+                materialization = self._materialization(model, job, status)
+            except (OSError, ValueError, KeyError) as exc:
+                # A job that exits cleanly but leaves no usable result has failed.
+                status = status.model_copy(
+                    update={"state": JobState.FAILED, "message": f"unusable result: {exc!r}"}
+                )
+            else:
+                outcome.events.append(materialization)
+                cursor.inflight.pop(job_id)
+                outcome.log.append(f"{job_id}: succeeded; {model.keys.trained.to_user_string()}")
+                return
+        if status.state == JobState.FAILED:
             self._failed(instance, model, job, status, outcome)
         elif status.state == JobState.CANCELLED:
             outcome.events.append(

@@ -1,0 +1,282 @@
+"""Supervisor for one local training job: ``python -m ml_assets.backends._local_runner <dir>``.
+
+The local backend never starts a job's command directly. It starts this runner, detached, and
+the runner starts the command. The runner exists so that a job's fate is always written down in
+its directory, whatever happens to the process that submitted it:
+
+- ``runner.json`` records the runner's pid and kernel start time (plus the command's), so a
+  poller in any process can tell "still running" from "pid reused" or "zombie";
+- ``exit.json`` records the command's return code once it ends, written atomically;
+- SIGTERM sent to the runner is forwarded to the command's process group, so cancelling
+  reaches everything the command started.
+
+It also holds the small file primitives (``/proc`` parsing, atomic JSON, the state lock) that
+``ml_assets.backends.local`` shares with it. Standard library only: it runs for the whole life
+of every local job, so it must not pay for dagster, pydantic or anything else heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, NamedTuple
+
+LAUNCH_FILE = "spec.json"
+HANDLE_FILE = "handle.json"
+RUNNER_FILE = "runner.json"
+EXIT_FILE = "exit.json"
+CANCELLED_FILE = "cancelled"
+LOG_FILE = "job.log"
+RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+SUBMIT_LOCK_FILE = "submit.lock"
+STATE_LOCK_FILE = "state.lock"
+
+JOB_ID_ENV = "ML_ASSETS_JOB_ID"
+OUTPUT_URI_ENV = "ML_ASSETS_OUTPUT_URI"
+
+# The shell's convention for "command not found / not executable".
+LAUNCH_FAILED_RETURNCODE = 127
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ProcStat(NamedTuple):
+    """The few fields of ``/proc/<pid>/stat`` that identify a process and its liveness."""
+
+    state: str
+    pgrp: int
+    start_time: int
+
+
+def read_proc_stat(pid: int) -> ProcStat | None:
+    """Parse ``/proc/<pid>/stat``; ``None`` if there is no such process (or no ``/proc``)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # Field 2 (comm) is parenthesised and may itself contain spaces or ')', so split after the
+    # last ')'. What follows starts at field 3 (state): field N is at index N - 3.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return ProcStat(state=fields[0].decode(), pgrp=int(fields[2]), start_time=int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def process_is_alive(pid: int, start_time: int) -> bool:
+    """Whether ``pid`` is the very process that started at ``start_time`` and has not exited.
+
+    A zombie (exited, not yet reaped by its parent) counts as gone, and a different process
+    that was given the same pid later has a different start time.
+    """
+    stat = read_proc_stat(pid)
+    return stat is not None and stat.state not in ("Z", "X") and stat.start_time == start_time
+
+
+def process_group_is_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process belongs to process group ``pgid``.
+
+    One scan of ``/proc``; meant for cancellation, not for the polling hot path.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        stat = read_proc_stat(int(entry))
+        if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
+            return True
+    return False
+
+
+def current_boot_id() -> str | None:
+    """The kernel's per-boot id, so a pid recorded before a reboot is never mistaken as alive."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` so that readers see either the old file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(document, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed).
+
+    ``flock`` rather than an ``O_EXCL`` marker file because the kernel drops it when its holder
+    dies, so a crash can never leave a job directory locked forever.
+    """
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def state_lock(job_dir: Path) -> AbstractContextManager[None]:
+    """The lock that orders "the command ended" against "the job was cancelled".
+
+    Held by the runner while it starts the command and while it writes ``exit.json``, and by
+    ``cancel`` while it writes the ``cancelled`` marker, so a job is never both.
+    """
+    return file_lock(job_dir / STATE_LOCK_FILE)
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel kill the command if the runner itself dies.
+
+    Without it, a runner killed with SIGKILL would leave the command running unsupervised: its
+    end would never be recorded, yet it could still write ``result.json`` later.
+    """
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    runner_pid = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        # The runner may have died before the request took effect; then nothing would come.
+        if os.getppid() != runner_pid:
+            os._exit(1)
+
+    return hook
+
+
+class _Runner:
+    """Starts one job's command, records it, waits for it and records how it ended."""
+
+    def __init__(self, job_dir: Path, launch: dict[str, Any]) -> None:
+        self.job_dir = job_dir
+        self.launch = launch
+        self.child: subprocess.Popen[bytes] | None = None
+        self.terminate_requested = False
+        self.forwarded = False
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.terminate_requested = True
+        self._forward()
+
+    def _forward(self) -> None:
+        if self.child is None or self.forwarded:
+            return
+        self.forwarded = True
+        with contextlib.suppress(OSError):  # the command may be gone already
+            os.killpg(self.child.pid, signal.SIGTERM)
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in self.launch.get("env", {}).items()})
+        env[JOB_ID_ENV] = str(self.launch["job_id"])
+        env[OUTPUT_URI_ENV] = str(self.job_dir)
+        return env
+
+    def _write_exit(self, returncode: int) -> None:
+        with state_lock(self.job_dir):
+            write_json_atomic(
+                self.job_dir / EXIT_FILE, {"returncode": returncode, "finished_at": time.time()}
+            )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        argv = [str(part) for part in self.launch["argv"]]
+        me = read_proc_stat(os.getpid())
+        with state_lock(self.job_dir):
+            if (self.job_dir / CANCELLED_FILE).exists():
+                print("ml_assets local runner: cancelled before start", file=sys.stderr)
+                return 0
+            if self.terminate_requested:
+                # Told to stop before the command ever started: record it like a kill.
+                print("ml_assets local runner: terminated before start", file=sys.stderr)
+                write_json_atomic(
+                    self.job_dir / EXIT_FILE,
+                    {"returncode": -int(signal.SIGTERM), "finished_at": time.time()},
+                )
+                return 0
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    cwd=self.job_dir,
+                    env=self._child_env(),
+                    stdin=subprocess.DEVNULL,
+                    close_fds=True,
+                    process_group=0,
+                    preexec_fn=_die_with_parent_hook(),
+                )
+            except (OSError, ValueError) as exc:
+                print(f"ml_assets local runner: cannot start {argv!r}: {exc}", file=sys.stderr)
+                write_json_atomic(
+                    self.job_dir / EXIT_FILE,
+                    {"returncode": LAUNCH_FAILED_RETURNCODE, "finished_at": time.time()},
+                )
+                return LAUNCH_FAILED_RETURNCODE
+            self.child = child
+            child_stat = read_proc_stat(child.pid)
+            write_json_atomic(
+                self.job_dir / RUNNER_FILE,
+                {
+                    "pid": os.getpid(),
+                    "start_time": me.start_time if me else None,
+                    "child_pid": child.pid,
+                    "child_start_time": child_stat.start_time if child_stat else None,
+                    "boot_id": current_boot_id(),
+                    "started_at": time.time(),
+                },
+            )
+        if self.terminate_requested:
+            self._forward()
+        # wait() resumes by itself after the SIGTERM handler runs (PEP 475).
+        returncode = child.wait()
+        self._write_exit(returncode)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: supervise the job described in ``<dir>/spec.json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ml_assets.backends._local_runner <job directory>", file=sys.stderr)
+        return 2
+    job_dir = Path(args[0]).resolve()
+    launch = read_json(job_dir / LAUNCH_FILE)
+    if launch is None:
+        print(f"ml_assets local runner: no readable {LAUNCH_FILE} in {job_dir}", file=sys.stderr)
+        return 2
+    return _Runner(job_dir, launch).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Harnesses for the shared backend contract suite (``test_contract.py``).
+
+Every backend is tested by the same contract tests through a ``BackendHarness``. To add a
+backend, write a fixture that returns its harness (its backend object plus whatever fake server
+it needs) and append the fixture's name to ``HARNESS_FIXTURES``; the tests need no change.
+
+What the contract tests assume of every harness:
+
+- jobs really run their ``command`` as local subprocesses (fakes of remote services included),
+  so commands can write files the test then reads and processes the test can look up by pid;
+- a job sees ``$ML_ASSETS_OUTPUT_URI`` as a local, writable directory, and a ``result.json`` it
+  writes there is what ``read_result(status.result_uri)`` returns;
+- ``make_spec`` gives each distinct key its own output location.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus
+from ml_assets.backends.local import LocalBackend, local_path
+
+
+@dataclass
+class BackendHarness:
+    """One backend under test, plus what the contract tests need to drive it.
+
+    Attributes:
+        name: short label shown in test ids.
+        backend: the backend object the tests submit through.
+        new_backend: builds a fresh, independent backend object (as a restarted process
+            would), to show a job can be re-attached from its handle alone.
+        make_spec: ``(command, key) -> JobSpec`` with an output location this backend can use.
+        read_result: reads the JSON document at a ``JobStatus.result_uri``.
+        scratch: a local directory that both jobs and the test can read and write.
+    """
+
+    name: str
+    backend: Backend
+    new_backend: Callable[[], Backend]
+    make_spec: Callable[[list[str], str], JobSpec]
+    read_result: Callable[[str], dict[str, Any]]
+    scratch: Path
+
+
+# Fixture names of every harness the contract suite runs against. Append new backends here.
+HARNESS_FIXTURES: list[str] = ["local_harness"]
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+
+
+@pytest.fixture
+def local_harness(tmp_path: Path) -> Iterator[BackendHarness]:
+    """The local backend, with one directory per job under ``tmp_path``."""
+    jobs_root = tmp_path / "jobs"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def make_spec(command: list[str], key: str) -> JobSpec:
+        return JobSpec(
+            team="contract",
+            model="local",
+            command=command,
+            output_uri=str(jobs_root / _slug(key)),
+            idempotency_key=key,
+        )
+
+    def read_result(uri: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(local_path(uri).read_text())
+        return document
+
+    yield BackendHarness(
+        name="local",
+        backend=LocalBackend(),
+        new_backend=LocalBackend,
+        make_spec=make_spec,
+        read_result=read_result,
+        scratch=scratch,
+    )
+    # Leave no job running behind a test, whatever it did.
+    cleaner = LocalBackend(cancel_grace_s=1.0)
+    for handle_file in jobs_root.glob("*/handle.json"):
+        cleaner.cancel(JobHandle.from_json(handle_file.read_text()))
+
+
+@pytest.fixture(params=HARNESS_FIXTURES)
+def harness(request: pytest.FixtureRequest) -> BackendHarness:
+    """Each registered backend harness in turn."""
+    value: BackendHarness = request.getfixturevalue(request.param)
+    return value
+
+
+WaitFor = Callable[..., dict[str, JobStatus]]
+
+
+@pytest.fixture
+def wait_for() -> WaitFor:
+    """A helper that polls handles (in one batched call per round) until a condition holds.
+
+    ``wait_for(backend, handles, until=<predicate on JobStatus>, timeout=20.0)`` returns the
+    final statuses once every handle satisfies ``until`` (default: a terminal state), and fails
+    the test with the last statuses seen if the timeout passes first.
+    """
+
+    def wait(
+        backend: Backend,
+        handles: list[JobHandle],
+        until: Callable[[JobStatus], bool] = lambda status: status.state.is_terminal,
+        timeout: float = 20.0,
+    ) -> dict[str, JobStatus]:
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = backend.poll(handles)
+            if all(h.job_id in statuses and until(statuses[h.job_id]) for h in handles):
+                return statuses
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout}s; last statuses: {statuses}")
+            time.sleep(0.1)
+
+    return wait
+
+
+@pytest.fixture
+def pid_gone() -> Callable[[int], bool]:
+    """``pid_gone(pid)``: the process has exited (a zombie nobody reaped counts as exited)."""
+
+    def gone(pid: int) -> bool:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            return True
+        state = raw[raw.rfind(b")") + 2 :].split()[0]
+        return state in (b"Z", b"X")
+
+    return gone
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(condition, timeout=10.0, what=...)``: poll a no-argument predicate."""
+
+    def wait(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+            time.sleep(0.05)
+
+    return wait

@@ -1,0 +1,293 @@
+"""The backend contract, run against every harness in ``conftest.HARNESS_FIXTURES``.
+
+Jobs are real subprocesses running small ``python -c`` programs: they write ``result.json``
+into ``$ML_ASSETS_OUTPUT_URI``, sleep, wait for a file, or raise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
+
+if TYPE_CHECKING:
+    from conftest import BackendHarness, WaitFor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def py(*lines: str) -> list[str]:
+    """A command running the given Python lines in this interpreter."""
+    return [sys.executable, "-c", "\n".join(lines)]
+
+
+def write_result(document: dict[str, Any]) -> str:
+    """Python source that writes ``document`` as the job's result.json, atomically."""
+    return (
+        "import json, os\n"
+        "out = os.environ['ML_ASSETS_OUTPUT_URI']\n"
+        "with open(os.path.join(out, 'result.json.tmp'), 'w') as f:\n"
+        f"    f.write({json.dumps(document)!r})\n"
+        "os.replace(os.path.join(out, 'result.json.tmp'), os.path.join(out, 'result.json'))"
+    )
+
+
+def wait_for_file(path: Path) -> str:
+    """Python source that blocks until ``path`` exists (exiting 3 after 30 s)."""
+    return (
+        "import os, time\n"
+        "deadline = time.time() + 30\n"
+        f"while not os.path.exists({str(path)!r}):\n"
+        "    if time.time() > deadline: raise SystemExit(3)\n"
+        "    time.sleep(0.02)"
+    )
+
+
+def append_line(path: Path) -> str:
+    return f"open({str(path)!r}, 'a').write('ran\\n')"
+
+
+def new_key(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def active(status: JobStatus) -> bool:
+    return status.state in (JobState.QUEUED, JobState.RUNNING)
+
+
+def stays_equal(read: Callable[[], object], expected: object, seconds: float = 0.5) -> bool:
+    """Whether ``read()`` keeps returning ``expected`` for ``seconds`` (catches late re-runs)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if read() != expected:
+            return False
+        time.sleep(0.05)
+    return read() == expected
+
+
+def test_submit_runs_to_success_and_result_reads_back(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    key = new_key("success")
+    spec = harness.make_spec(py(write_result({"key": key, "accuracy": 0.93})), key)
+
+    handle = harness.backend.submit(spec)
+
+    assert handle.backend == harness.backend.name
+    assert handle.idempotency_key == key
+    assert JobHandle.from_json(handle.to_json()) == handle
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert status.job_id == handle.job_id
+    assert status.result_uri is not None
+    assert harness.read_result(status.result_uri) == {"key": key, "accuracy": 0.93}
+
+
+def test_same_key_twice_returns_same_handle_and_runs_once(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    key = new_key("twice")
+    counter = harness.scratch / "runs.txt"
+    spec = harness.make_spec(py(append_line(counter), write_result({"ok": True})), key)
+
+    first = harness.backend.submit(spec)
+    second = harness.backend.submit(spec)
+    from_another_object = harness.new_backend().submit(spec)
+
+    assert first == second == from_another_object
+    status = wait_for(harness.backend, [first])[first.job_id]
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert harness.backend.submit(spec) == first  # also after it finished
+    assert stays_equal(lambda: counter.read_text().splitlines(), ["ran"])
+
+
+def test_concurrent_submits_of_one_key_start_one_job(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    key = new_key("concurrent")
+    counter = harness.scratch / "runs.txt"
+    spec = harness.make_spec(py(append_line(counter), write_result({"ok": True})), key)
+    barrier = threading.Barrier(8)
+    handles: list[JobHandle] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        backend = harness.new_backend()
+        barrier.wait()
+        try:
+            handles.append(backend.submit(spec))
+        except BaseException as exc:  # surfaced below, in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert len(handles) == 8 and all(handle == handles[0] for handle in handles)
+    status = wait_for(harness.backend, [handles[0]])[handles[0].job_id]
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert stays_equal(lambda: counter.read_text().splitlines(), ["ran"])
+
+
+def test_batched_poll_answers_for_every_job(harness: BackendHarness, wait_for: WaitFor) -> None:
+    handles = []
+    for index in range(20):
+        key = new_key(f"batch-{index}")
+        handles.append(
+            harness.backend.submit(harness.make_spec(py(write_result({"index": index})), key))
+        )
+    assert len({handle.job_id for handle in handles}) == 20
+
+    first = harness.backend.poll(handles)
+    assert set(first) == {handle.job_id for handle in handles}
+    statuses = wait_for(harness.backend, handles)
+
+    assert set(statuses) == {handle.job_id for handle in handles}
+    for index, handle in enumerate(handles):
+        status = statuses[handle.job_id]
+        assert status.state == JobState.SUCCEEDED, status.message
+        assert status.result_uri is not None
+        assert harness.read_result(status.result_uri) == {"index": index}
+    assert harness.backend.poll([]) == {}
+
+
+def test_failure_reports_the_exception_in_message_and_logs(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    marker = f"boom-{uuid.uuid4().hex[:8]}"
+    key = new_key("failure")
+    command = py("print('starting up', flush=True)", f"raise ValueError({marker!r})")
+    spec = harness.make_spec(command, key)
+
+    handle = harness.backend.submit(spec)
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+
+    assert status.state == JobState.FAILED
+    assert marker in status.message and "ValueError" in status.message
+    assert status.result_uri is None
+    logs = harness.backend.logs(handle, tail=5)
+    assert f"ValueError: {marker}" in logs
+    assert "starting up" in harness.backend.logs(handle)
+    assert len(harness.backend.logs(handle, tail=1).splitlines()) == 1
+
+
+def test_job_exiting_zero_without_result_fails(harness: BackendHarness, wait_for: WaitFor) -> None:
+    key = new_key("noresult")
+    handle = harness.backend.submit(harness.make_spec(py("print('done, forgot the result')"), key))
+
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+
+    assert status.state == JobState.FAILED
+    assert "without writing result.json" in status.message
+
+
+def _sleeper(pid_file: Path) -> list[str]:
+    """A job that starts a grandchild, records both pids in ``pid_file`` and sleeps."""
+    return py(
+        "import os, subprocess, sys, time",
+        "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])",
+        f"with open({str(pid_file) + '.tmp'!r}, 'w') as f:",
+        "    f.write(f'{os.getpid()} {grandchild.pid}')",
+        f"os.replace({str(pid_file) + '.tmp'!r}, {str(pid_file)!r})",
+        "time.sleep(120)",
+    )
+
+
+def test_cancel_stops_a_running_job_and_is_idempotent(
+    harness: BackendHarness,
+    wait_for: WaitFor,
+    wait_until: Callable[..., None],
+    pid_gone: Callable[[int], bool],
+) -> None:
+    pid_file = harness.scratch / "sleeper.pids"
+    handle = harness.backend.submit(harness.make_spec(_sleeper(pid_file), new_key("cancel")))
+    wait_until(pid_file.exists, what="the job to start")
+    job_pid, grandchild_pid = (int(part) for part in pid_file.read_text().split())
+    assert active(harness.backend.poll([handle])[handle.job_id])
+
+    harness.backend.cancel(handle)
+
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+    assert status.state == JobState.CANCELLED
+    wait_until(lambda: pid_gone(job_pid), what=f"job process {job_pid} to exit")
+    wait_until(lambda: pid_gone(grandchild_pid), what=f"grandchild {grandchild_pid} to exit")
+
+    harness.backend.cancel(handle)
+    harness.new_backend().cancel(JobHandle.from_json(handle.to_json()))
+    assert harness.backend.poll([handle])[handle.job_id].state == JobState.CANCELLED
+
+
+def test_cancel_right_after_submit(
+    harness: BackendHarness,
+    wait_for: WaitFor,
+    wait_until: Callable[..., None],
+    pid_gone: Callable[[int], bool],
+) -> None:
+    pid_file = harness.scratch / "early.pids"
+    handle = harness.backend.submit(harness.make_spec(_sleeper(pid_file), new_key("early")))
+
+    harness.backend.cancel(handle)
+
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+    assert status.state == JobState.CANCELLED
+    # The command either never started or was stopped; either way nothing of it is left.
+    if pid_file.exists():
+        for pid in (int(part) for part in pid_file.read_text().split()):
+            wait_until(lambda pid=pid: pid_gone(pid), what=f"process {pid} to exit")
+    assert harness.backend.poll([handle])[handle.job_id].state == JobState.CANCELLED
+
+
+def test_cancel_of_a_finished_job_leaves_it_succeeded(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    handle = harness.backend.submit(
+        harness.make_spec(py(write_result({"done": 1})), new_key("finished"))
+    )
+    assert wait_for(harness.backend, [handle])[handle.job_id].state == JobState.SUCCEEDED
+
+    harness.backend.cancel(handle)
+
+    status = harness.backend.poll([handle])[handle.job_id]
+    assert status.state == JobState.SUCCEEDED
+    assert status.result_uri is not None
+    assert harness.read_result(status.result_uri) == {"done": 1}
+
+
+def test_fresh_backend_reattaches_from_handle_json(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    go = harness.scratch / "go"
+    key = new_key("reattach")
+    command = py("print('waiting for go', flush=True)", wait_for_file(go), write_result({"k": key}))
+    raw = harness.backend.submit(harness.make_spec(command, key)).to_json()
+    # From here on only the serialised handle and a brand-new backend object are used.
+    fresh: Backend = harness.new_backend()
+    handle = JobHandle.from_json(raw)
+    wait_for(fresh, [handle], until=lambda status: status.state == JobState.RUNNING)
+
+    go.touch()
+
+    status = wait_for(fresh, [handle])[handle.job_id]
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert status.result_uri is not None
+    assert harness.read_result(status.result_uri) == {"k": key}
+    assert "waiting for go" in fresh.logs(handle)
+
+
+def test_backend_satisfies_the_protocol(harness: BackendHarness) -> None:
+    assert isinstance(harness.backend, Backend)
+    assert isinstance(harness.new_backend(), Backend)
+    assert harness.backend.name and os.sep not in harness.backend.name

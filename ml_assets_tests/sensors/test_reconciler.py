@@ -1,0 +1,281 @@
+"""The reconciling sensor against a real instance and real detached training subprocesses.
+
+Each tick is run through ``build_sensor_context`` and its events are stored the way the sensor
+daemon stores them, so the tests see exactly what the daemon would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.training import build_job_spec, submission_event
+from ml_assets.backends.base import JobHandle, JobSpec, JobState
+from ml_assets.backends.local import LocalBackend
+from ml_assets.sensors.cancel import build_cancel_job
+from ml_assets.sensors.reconciler import (
+    CANCELLED,
+    FAILED,
+    RETRIED,
+    SUBMITTED,
+    ReconcilerCursor,
+    build_reconciler_sensor,
+)
+from ml_assets.teams.spec import TeamSpec, load_team_spec
+
+pytestmark = pytest.mark.timeout(180)
+TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
+WRITE_RESULT = """
+import json, os, pathlib
+out = pathlib.Path(os.environ["ML_ASSETS_OUTPUT_URI"])
+(out / "model.joblib").write_bytes(b"not really a model")
+json.dump({"metrics": {"roc_auc": 0.9}, "artifact_uri": str(out / "model.joblib"),
+           "data_version": "abc123", "features_uri": "/data/features.parquet",
+           "trainer": "logistic_regression", "hyperparameters": {"C": 1.0}},
+          open(out / "result.json", "w"))
+"""
+
+
+def clinical(**model_changes: object) -> TeamSpec:
+    spec = load_team_spec(TEAMS / "clinical" / "team.yaml")
+    model = spec.models["tumor_classifier"].model_copy(update=model_changes)
+    return spec.model_copy(update={"models": {"tumor_classifier": model}})
+
+
+def submit(
+    instance: dg.DagsterInstance,
+    team: TeamSpec,
+    home: Path,
+    code: str | None = None,
+    run_id: str | None = None,
+    features_uri: str = "/nonexistent/features.parquet",
+) -> JobHandle:
+    """Submit one job as the trained-model asset does, optionally running ``code`` instead."""
+    model = ModelContext(team, "tumor_classifier")
+    run_id = run_id or str(uuid.uuid4())
+    spec: JobSpec = build_job_spec(
+        model, run_id=run_id, attempt=1, features_uri=features_uri, home=home
+    )
+    if code is not None:
+        spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
+    handle = LocalBackend().submit(spec)
+    instance.report_runless_asset_event(
+        submission_event(model, handle, run_id=run_id, attempt=1, features_uri=features_uri)
+    )
+    return handle
+
+
+class Daemon:
+    """Ticks a sensor and stores its events like the sensor daemon: events first, then cursor."""
+
+    def __init__(self, instance: dg.DagsterInstance, team: TeamSpec) -> None:
+        self.instance = instance
+        self.sensor = build_reconciler_sensor(team)
+        self.cursor: str | None = None
+
+    def tick(self, store_cursor: bool = True) -> dg.SensorResult:
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
+        result = self.sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        for event in result.asset_events:
+            self.instance.report_runless_asset_event(event)
+        if store_cursor:
+            self.cursor = result.cursor
+        return result
+
+    def tick_until(self, done, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "the sensor did not get there in time"
+            self.tick()
+            time.sleep(0.2)
+
+
+def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
+    key = ModelContext(clinical(), "tumor_classifier").keys.trained
+    fetch = instance.fetch_materializations if kind == "materialized" else instance.fetch_observations
+    records = fetch(key, limit=1000).records
+    return [r for r in records if (r.asset_event.tags or {}).get(EVENT_TAG) == kind]  # type: ignore[union-attr]
+
+
+def materializations(instance: dg.DagsterInstance) -> list[dg.EventLogRecord]:
+    return events(instance, "materialized")
+
+
+def test_a_finished_job_is_materialized_once_over_many_ticks(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    handle = submit(instance, team, ml_home, code=WRITE_RESULT)
+    daemon = Daemon(instance, team)
+    daemon.tick_until(lambda: materializations(instance))
+    for _ in range(5):
+        daemon.tick()
+    [record] = materializations(instance)
+    materialization = record.asset_materialization
+    assert materialization is not None
+    assert materialization.tags[JOB_ID_TAG] == handle.job_id
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["job_id"] == handle.job_id
+    assert metadata["backend"] == "local"
+    assert metadata["train/roc_auc"] == 0.9
+    assert metadata["input_data_versions"] == {"clinical/tumor_classifier_features": "abc123"}
+    assert str(metadata["artifact"]).endswith("model.joblib")
+    assert ReconcilerCursor.parse(daemon.cursor).inflight == {}
+
+
+def gated(ml_home: Path, name: str) -> tuple[Path, str]:
+    """A job that writes its result only once the test creates the gate file."""
+    gate = ml_home / name
+    wait = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+    return gate, wait + WRITE_RESULT
+
+
+def test_a_tick_replayed_after_a_crash_does_not_repeat_the_materialization(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    gate, code = gated(ml_home, "gate")
+    submit(instance, team, ml_home, code=code)
+    daemon = Daemon(instance, team)
+    daemon.tick()
+    before = daemon.cursor
+    assert len(ReconcilerCursor.parse(before).inflight) == 1
+    gate.touch()
+    # Crash after the events were stored but before the cursor was: the cursor stays behind.
+    daemon.tick_until(lambda: materializations(instance))
+    daemon.cursor = before
+    replay = daemon.tick()
+    assert [e for e in replay.asset_events if isinstance(e, dg.AssetMaterialization)] == []
+    assert ReconcilerCursor.parse(replay.cursor).inflight == {}
+    assert len(materializations(instance)) == 1
+
+
+def test_a_fresh_sensor_after_a_restart_neither_loses_nor_repeats_a_job(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    submit(instance, team, ml_home, code=WRITE_RESULT)
+    gate, code = gated(ml_home, "gate")
+    late = submit(instance, team, ml_home, code=code)
+    first = Daemon(instance, team)
+    first.tick_until(lambda: len(materializations(instance)) == 1)
+    assert late.job_id in ReconcilerCursor.parse(first.cursor).inflight
+
+    gate.touch()  # the slow job finishes while no sensor is running
+    restarted = Daemon(instance, team)  # a new process: no cursor, nothing in memory
+    restarted.tick_until(lambda: len(materializations(instance)) == 2)
+    for _ in range(3):
+        restarted.tick()
+    job_ids = sorted(r.asset_materialization.tags[JOB_ID_TAG] for r in materializations(instance))  # type: ignore[union-attr]
+    assert len(set(job_ids)) == 2
+    assert late.job_id in job_ids
+
+
+def test_a_failed_job_is_retried_then_reported_with_its_message_and_log_tail(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    # Attempt 1 runs ``code``; the sensor's retry runs the real trainer on a missing file.
+    submit(instance, team, ml_home, code="raise SystemExit('out of memory on attempt 1')")
+    daemon = Daemon(instance, team)
+    daemon.tick_until(lambda: events(instance, FAILED))
+
+    [retried] = events(instance, RETRIED)
+    retry_meta = {k: v.value for k, v in retried.asset_observation.metadata.items()}  # type: ignore[union-attr]
+    assert "out of memory on attempt 1" in retry_meta["log_tail"]
+    assert retry_meta["attempt"] == 1
+    assert len(events(instance, SUBMITTED)) == 2  # the original and one retry: max_attempts 2
+
+    [failed] = events(instance, FAILED)
+    failed_meta = {k: v.value for k, v in failed.asset_observation.metadata.items()}  # type: ignore[union-attr]
+    assert failed_meta["attempt"] == 2
+    assert failed_meta["job_id"] == retry_meta["retry_job_id"]
+    assert "nonexistent" in failed_meta["log_tail"]  # the trainer's own error, from its log
+    assert failed_meta["message"]
+    assert materializations(instance) == []
+    for _ in range(3):
+        daemon.tick()
+    assert len(events(instance, SUBMITTED)) == 2  # reported jobs are not retried again
+
+
+def test_one_broken_job_does_not_stop_the_others(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical(retry=clinical().models["tumor_classifier"].retry.model_copy(
+        update={"max_attempts": 1}
+    ))
+    broken = submit(
+        instance,
+        team,
+        ml_home,
+        code="import os, pathlib\n"
+        "pathlib.Path(os.environ['ML_ASSETS_OUTPUT_URI'], 'result.json').write_text('{oops')",
+    )
+    good = submit(instance, team, ml_home, code=WRITE_RESULT)
+    daemon = Daemon(instance, team)
+    daemon.tick_until(lambda: materializations(instance) and events(instance, FAILED))
+    [failed] = events(instance, FAILED)
+    assert failed.asset_observation.tags[JOB_ID_TAG] == broken.job_id  # type: ignore[union-attr]
+    assert "unusable result" in failed.asset_observation.metadata["message"].value  # type: ignore[union-attr]
+    [done] = materializations(instance)
+    assert done.asset_materialization.tags[JOB_ID_TAG] == good.job_id  # type: ignore[union-attr]
+
+
+SLEEPER = "import time\ntime.sleep(120)\n"
+
+
+def test_an_explicit_cancel_stops_the_job_and_is_recorded(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    handle = submit(instance, team, ml_home, code=SLEEPER)
+    daemon = Daemon(instance, team)
+    daemon.tick()
+    result = build_cancel_job(team).execute_in_process(
+        instance=instance, run_config={"ops": {"clinical_cancel_training_op": {
+            "config": {"model": "tumor_classifier"}}}}
+    )
+    assert result.success
+    daemon.tick_until(lambda: events(instance, CANCELLED))
+    status = LocalBackend().poll([handle])[handle.job_id]
+    assert status.state == JobState.CANCELLED
+    assert ReconcilerCursor.parse(daemon.cursor).inflight == {}
+    assert materializations(instance) == []
+
+
+def test_cancelling_the_submitting_run_cancels_the_job(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+
+    @dg.op
+    def noop() -> None:
+        return None
+
+    @dg.job
+    def submitting() -> None:
+        noop()
+
+    run = submitting.execute_in_process(instance=instance).dagster_run
+    handle = submit(instance, team, ml_home, code=SLEEPER, run_id=run.run_id)
+    instance.report_run_canceled(run)
+    daemon = Daemon(instance, team)
+    daemon.tick_until(lambda: events(instance, CANCELLED))
+    assert LocalBackend().poll([handle])[handle.job_id].state == JobState.CANCELLED
+
+
+def test_the_submission_record_round_trips(instance: dg.DagsterInstance, ml_home: Path) -> None:
+    team = clinical()
+    handle = submit(instance, team, ml_home, code=WRITE_RESULT)
+    [record] = events(instance, SUBMITTED)
+    job = record.asset_observation.metadata["job"].value  # type: ignore[union-attr]
+    assert JobHandle.model_validate(job["handle"]) == handle
+    assert json.loads(json.dumps(job))["attempt"] == 1
