@@ -15,8 +15,13 @@ PLATFORM = {
     "group_name": "platform",
     "owners": ["team:platform"],
     "tags": {"ml_assets/team": "platform"},
-    # Build the raw data once on a fresh instance, so teams can start right away.
-    "automation_condition": dg.AutomationCondition.on_missing(),
+    # Build raw data that was never built (a fresh instance) so teams can start right away;
+    # a failed build is not retried in a loop.
+    "automation_condition": (
+        dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & ~dg.AutomationCondition.execution_failed()
+    ),
 }
 
 
