@@ -8,6 +8,7 @@ otherwise the files live beside the Dagster instance that records them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def home(instance: Any | None = None) -> Path:
     return root.resolve()
 
 
-def asset_file(root: Path, key_path: list[str], run_id: str, suffix: str = ".parquet") -> Path:
+def asset_file(root: Path, key_path: Sequence[str], run_id: str, suffix: str = ".parquet") -> Path:
     """A per-run file for one asset, so a job reading an older version never sees it change."""
     directory = root.joinpath(*key_path)
     directory.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,9 @@ def build_data_assets(model: ModelContext) -> list[dg.AssetsDefinition]:
             holdout_fraction=spec.features.holdout_fraction,
             seed=spec.features.seed,
         )
-        path = storage.asset_file(storage.home(context.instance), keys.features.path, context.run_id)
+        path = storage.asset_file(
+            storage.home(context.instance), keys.features.path, context.run_id
+        )
         frame.to_parquet(path, index=False)
         version = file_sha256(path)
         holdout = int((frame["split"] == "holdout").sum())
@@ -77,7 +79,9 @@ def build_data_assets(model: ModelContext) -> list[dg.AssetsDefinition]:
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
                 "dagster/row_count": len(frame),
-                "dagster/column_schema": _schema(pa.Schema.from_pandas(frame, preserve_index=False)),
+                "dagster/column_schema": _schema(
+                    pa.Schema.from_pandas(frame, preserve_index=False)
+                ),
                 "data_version": version,
                 "dataset_data_version": str(upstream["data_version"]),
                 "holdout_rows": holdout,

@@ -56,7 +56,9 @@ def build_evaluation_asset(model: ModelContext) -> dg.AssetsDefinition:
         holdout = frame[frame["split"] == "holdout"]
         scores = predict_scores(load_model(trained["artifact"]), holdout)
         result = evaluate(
-            holdout["label"].to_numpy(), scores, decision_threshold=spec.evaluation.decision_threshold
+            holdout["label"].to_numpy(),
+            scores,
+            decision_threshold=spec.evaluation.decision_threshold,
         )
         failures = check_thresholds(result.metrics, thresholds)
         png = render_evaluation_png(result, title=f"{model.team.team}/{model.name} — holdout")

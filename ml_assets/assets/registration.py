@@ -33,7 +33,7 @@ def registry_for(team: TeamSpec, instance: dg.DagsterInstance) -> ModelRegistry:
 
 def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
     """The ``<model>_registered`` asset."""
-    spec, keys, team = model.spec, model.keys, model.team
+    keys, team = model.keys, model.team
 
     @dg.asset(
         key=keys.registered,
@@ -73,7 +73,9 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
                 lineage=lineage,
             )
         )
-        context.log.info(f"registered {version.model_name} version {version.version} ({version.uri})")
+        context.log.info(
+            f"registered {version.model_name} version {version.version} ({version.uri})"
+        )
         return dg.MaterializeResult(
             metadata={
                 "registry": version.registry,

@@ -5,8 +5,9 @@ reconciling sensor materializes the asset when the job finishes, however long th
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -64,7 +65,7 @@ def submission_event(
     }
     return dg.AssetObservation(
         asset_key=model.keys.trained,
-        description=f"Training job {handle.job_id} submitted to {handle.backend} (attempt {attempt}).",
+        description=f"Job {handle.job_id} submitted to {handle.backend}, attempt {attempt}.",
         metadata={
             "status": "submitted",
             "job_id": handle.job_id,

@@ -23,7 +23,9 @@ def load_backend(name: str, **settings: Any) -> Backend:
     try:
         target = BACKENDS[name]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
+        ) from None
     module_name, _, class_name = target.partition(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
     backend: Backend = backend_class(**settings)

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -11,7 +12,7 @@ from ml_assets.assets.common import raw_key
 from ml_assets.datasets import file_sha256
 
 ROWS_ENV = "ML_ASSETS_TRANSACTION_ROWS"
-PLATFORM = {
+PLATFORM: dict[str, Any] = {
     "group_name": "platform",
     "owners": ["team:platform"],
     "tags": {"ml_assets/team": "platform"},
@@ -35,7 +36,7 @@ class TransactionsConfig(dg.Config):
     seed: int = Field(default=7, description="Seed of the generator; same seed, same data.")
 
 
-def _written(path: Path, rows: int, **extra: object) -> dg.MaterializeResult:
+def _written(path: Path, rows: int, **extra: Any) -> dg.MaterializeResult:
     version = file_sha256(path)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -44,7 +45,7 @@ def _written(path: Path, rows: int, **extra: object) -> dg.MaterializeResult:
             "dagster/row_count": rows,
             "data_version": version,
             "size_mb": round(path.stat().st_size / 2**20, 2),
-            **extra,  # type: ignore[dict-item]
+            **extra,
         },
     )
 
@@ -54,7 +55,7 @@ def _written(path: Path, rows: int, **extra: object) -> dg.MaterializeResult:
     description="scikit-learn's bundled Wisconsin breast-cancer measurements (569 tumours).",
     code_version="1",
     kinds={"parquet", "scikit-learn"},
-    **PLATFORM,  # type: ignore[arg-type]
+    **PLATFORM,
 )
 def raw_breast_cancer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from ml_assets.datasets import load_breast_cancer
@@ -75,7 +76,7 @@ def raw_breast_cancer(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     ),
     code_version="1",
     kinds={"parquet", "numpy"},
-    **PLATFORM,  # type: ignore[arg-type]
+    **PLATFORM,
 )
 def raw_card_transactions(
     context: dg.AssetExecutionContext, config: TransactionsConfig

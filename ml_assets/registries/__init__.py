@@ -19,7 +19,9 @@ def load_registry(kind: str, **settings: Any) -> ModelRegistry:
     try:
         target = REGISTRIES[kind]
     except KeyError:
-        raise ValueError(f"unknown registry {kind!r}; choose one of: {', '.join(REGISTRIES)}") from None
+        raise ValueError(
+            f"unknown registry {kind!r}; choose one of: {', '.join(REGISTRIES)}"
+        ) from None
     module_name, _, class_name = target.partition(":")
     registry: ModelRegistry = getattr(importlib.import_module(module_name), class_name)(**settings)
     return registry

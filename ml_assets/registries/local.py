@@ -80,7 +80,9 @@ class LocalRegistry:
         model_dir = self.root / model_name
         if not model_dir.is_dir():
             return []
-        return sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        return sorted(
+            (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
 
     def _aliases(self, model_name: str) -> dict[str, str]:
         path = self.root / model_name / "aliases.json"

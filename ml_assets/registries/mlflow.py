@@ -63,9 +63,7 @@ class MlflowRegistry:
     def list_versions(self, model_name: str) -> list[ModelVersion]:
         client = self._client()
         found = client.search_model_versions(filter_string=f"name = '{model_name}'")
-        return sorted(
-            (self._version(v, model_name) for v in found), key=lambda v: int(v.version)
-        )
+        return sorted((self._version(v, model_name) for v in found), key=lambda v: int(v.version))
 
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
         self._client().set_registered_model_alias(model_name, alias, version)

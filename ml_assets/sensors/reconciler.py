@@ -16,9 +16,10 @@ from the start of the log, so a restart loses nothing either.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field
@@ -62,7 +63,7 @@ class ReconcilerCursor(BaseModel):
     inflight: dict[str, InFlight] = Field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: str | None) -> "ReconcilerCursor":
+    def parse(cls, raw: str | None) -> ReconcilerCursor:
         return cls.model_validate_json(raw) if raw else cls()
 
 

@@ -100,7 +100,9 @@ class Daemon:
 
 def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
     key = ModelContext(clinical(), "tumor_classifier").keys.trained
-    fetch = instance.fetch_materializations if kind == "materialized" else instance.fetch_observations
+    fetch = (
+        instance.fetch_materializations if kind == "materialized" else instance.fetch_observations
+    )
     records = fetch(key, limit=1000).records
     return [r for r in records if (r.asset_event.tags or {}).get(EVENT_TAG) == kind]  # type: ignore[union-attr]
 
@@ -134,7 +136,9 @@ def test_a_finished_job_is_materialized_once_over_many_ticks(
 def gated(ml_home: Path, name: str) -> tuple[Path, str]:
     """A job that writes its result only once the test creates the gate file."""
     gate = ml_home / name
-    wait = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+    wait = (
+        f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+    )
     return gate, wait + WRITE_RESULT
 
 
@@ -209,9 +213,9 @@ def test_a_failed_job_is_retried_then_reported_with_its_message_and_log_tail(
 def test_one_broken_job_does_not_stop_the_others(
     instance: dg.DagsterInstance, ml_home: Path
 ) -> None:
-    team = clinical(retry=clinical().models["tumor_classifier"].retry.model_copy(
-        update={"max_attempts": 1}
-    ))
+    team = clinical(
+        retry=clinical().models["tumor_classifier"].retry.model_copy(update={"max_attempts": 1})
+    )
     broken = submit(
         instance,
         team,
@@ -240,8 +244,10 @@ def test_an_explicit_cancel_stops_the_job_and_is_recorded(
     daemon = Daemon(instance, team)
     daemon.tick()
     result = build_cancel_job(team).execute_in_process(
-        instance=instance, run_config={"ops": {"clinical_cancel_training_op": {
-            "config": {"model": "tumor_classifier"}}}}
+        instance=instance,
+        run_config={
+            "ops": {"clinical_cancel_training_op": {"config": {"model": "tumor_classifier"}}}
+        },
     )
     assert result.success
     daemon.tick_until(lambda: events(instance, CANCELLED))

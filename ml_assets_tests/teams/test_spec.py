@@ -43,14 +43,20 @@ def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
 
 
 def test_wrong_type_names_the_field(tmp_path: Path) -> None:
-    path = _with(tmp_path, lambda s: s["models"]["fraud_detector"]["retry"].update(max_attempts="x"))
-    with pytest.raises(TeamSpecError, match=r"models\.fraud_detector\.retry\.max_attempts: .*integer"):
+    path = _with(
+        tmp_path, lambda s: s["models"]["fraud_detector"]["retry"].update(max_attempts="x")
+    )
+    with pytest.raises(
+        TeamSpecError, match=r"models\.fraud_detector\.retry\.max_attempts: .*integer"
+    ):
         load_team_spec(path)
 
 
 def test_unknown_backend_lists_the_choices(tmp_path: Path) -> None:
-    text = (TEAMS / "fraud" / "team.yaml").read_text().replace(
-        "    backend: local", "    backend: sagemkr"
+    text = (
+        (TEAMS / "fraud" / "team.yaml")
+        .read_text()
+        .replace("    backend: local", "    backend: sagemkr")
     )
     path = _write(tmp_path, text)
     line = next(i for i, row in enumerate(text.splitlines(), 1) if "sagemkr" in row)
@@ -73,7 +79,9 @@ def test_unknown_threshold_metric(tmp_path: Path) -> None:
         tmp_path,
         lambda s: s["models"]["fraud_detector"]["evaluation"]["thresholds"].update(min_auroc=0.9),
     )
-    with pytest.raises(TeamSpecError, match=r"evaluation\.thresholds: unknown threshold 'min_auroc'"):
+    with pytest.raises(
+        TeamSpecError, match=r"evaluation\.thresholds: unknown threshold 'min_auroc'"
+    ):
         load_team_spec(path)
 
 
@@ -84,7 +92,9 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_bad_model_name(tmp_path: Path) -> None:
-    path = _with(tmp_path, lambda s: s["models"].update({"Bad-Name": s["models"]["fraud_detector"]}))
+    path = _with(
+        tmp_path, lambda s: s["models"].update({"Bad-Name": s["models"]["fraud_detector"]})
+    )
     with pytest.raises(TeamSpecError, match=r"models\.Bad-Name"):
         load_team_spec(path)
 
