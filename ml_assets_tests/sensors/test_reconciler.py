@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ml_assets.sensors.reconciler import (
     build_reconciler_sensor,
 )
 from ml_assets.teams.spec import TeamSpec, load_team_spec
+from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = pytest.mark.timeout(180)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
@@ -72,30 +72,8 @@ def submit(
     return handle
 
 
-class Daemon:
-    """Ticks a sensor and stores its events like the sensor daemon: events first, then cursor."""
-
-    def __init__(self, instance: dg.DagsterInstance, team: TeamSpec) -> None:
-        self.instance = instance
-        self.sensor = build_reconciler_sensor(team)
-        self.cursor: str | None = None
-
-    def tick(self, store_cursor: bool = True) -> dg.SensorResult:
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
-        result = self.sensor(context)
-        assert isinstance(result, dg.SensorResult)
-        for event in result.asset_events:
-            self.instance.report_runless_asset_event(event)
-        if store_cursor:
-            self.cursor = result.cursor
-        return result
-
-    def tick_until(self, done, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, "the sensor did not get there in time"
-            self.tick()
-            time.sleep(0.2)
+def Daemon(instance: dg.DagsterInstance, team: TeamSpec) -> SensorDriver:
+    return SensorDriver(instance, build_reconciler_sensor(team))
 
 
 def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
