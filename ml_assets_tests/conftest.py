@@ -18,7 +18,58 @@ def ml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def instance(ml_home: Path) -> Iterator[dg.DagsterInstance]:
+def sqlite_instance(ml_home: Path) -> Iterator[dg.DagsterInstance]:
     """A real, temporary SQLite-backed Dagster instance."""
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def instance(sqlite_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """The instance most tests use: SQLite, as in `dagster dev`."""
+    return sqlite_instance
+
+
+POSTGRES = {"hostname": "127.0.0.1", "port": 5432, "username": "postgres", "password": ""}
+
+
+def _postgres_admin():  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host=POSTGRES["hostname"],
+        port=POSTGRES["port"],
+        user=POSTGRES["username"],
+        dbname="test",
+        connect_timeout=3,
+    )
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture
+def postgres_instance(ml_home: Path) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance on a fresh database of the local PostgreSQL server (dagster-postgres).
+
+    Skipped with the reason when no server answers, except on CI, where it must run.
+    """
+    import os
+    import uuid
+
+    try:
+        admin = _postgres_admin()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({exc})")
+    name = f"ml_assets_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    storage = {"postgres": {"postgres_db": {**POSTGRES, "db_name": name}}}
+    try:
+        with dg.instance_for_test(overrides={"storage": storage}) as test_instance:
+            yield test_instance
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

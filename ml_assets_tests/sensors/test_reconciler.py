@@ -43,6 +43,14 @@ json.dump({"metrics": {"roc_auc": 0.9}, "artifact_uri": str(out / "model.joblib"
 """
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def instance(request: pytest.FixtureRequest) -> dg.DagsterInstance:
+    """Every reconciler test runs on SQLite storage and on a real PostgreSQL server."""
+    name = "sqlite_instance" if request.param == "sqlite" else "postgres_instance"
+    chosen: dg.DagsterInstance = request.getfixturevalue(name)
+    return chosen
+
+
 def clinical(**model_changes: object) -> TeamSpec:
     spec = load_team_spec(TEAMS / "clinical" / "team.yaml")
     model = spec.models["tumor_classifier"].model_copy(update=model_changes)
