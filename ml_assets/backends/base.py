@@ -11,7 +11,6 @@ This module imports no dagster and no cloud SDK.
 from __future__ import annotations
 
 import hashlib
-import json
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -134,12 +133,3 @@ def job_name_for(team: str, model: str, key: str) -> str:
     stem = f"{team}-{model}".lower().replace("_", "-")
     stem = "".join(c for c in stem if c.isalnum() or c == "-").strip("-")[:48]
     return f"{stem}-{digest}"
-
-
-def result_path(output_uri: str) -> str:
-    """Where a job writes its result document inside its output location."""
-    return output_uri.rstrip("/") + "/result.json"
-
-
-def dumps_compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -31,6 +31,7 @@ class MlflowRegistry:
         import joblib
         import mlflow
         import mlflow.sklearn
+        import sklearn
 
         existing = next(
             (v for v in self.list_versions(request.model_name) if v.job_id == request.job_id), None
@@ -46,7 +47,12 @@ class MlflowRegistry:
             mlflow.log_params({k: str(v)[:500] for k, v in request.params.items()})
             mlflow.log_metrics(request.metrics)
             mlflow.set_tags({JOB_ID_TAG: request.job_id, **lineage_tags})
-            mlflow.sklearn.log_model(bundle["estimator"], name="model")
+            # Naming the requirement skips MLflow's slow inference of it in a subprocess.
+            mlflow.sklearn.log_model(
+                bundle["estimator"],
+                name="model",
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            )
             mlflow.log_artifact(request.artifact_path, artifact_path="ml_assets")
             run_id = run.info.run_id
         client = self._client()
@@ -63,7 +69,12 @@ class MlflowRegistry:
     def list_versions(self, model_name: str) -> list[ModelVersion]:
         client = self._client()
         found = client.search_model_versions(filter_string=f"name = '{model_name}'")
-        return sorted((self._version(v, model_name) for v in found), key=lambda v: int(v.version))
+        if not found:
+            return []
+        # Search results leave aliases out; the registered model has them all.
+        aliases = client.get_registered_model(model_name).aliases or {}
+        versions = [self._version(v, model_name, aliases) for v in found]
+        return sorted(versions, key=lambda v: int(v.version))
 
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
         self._client().set_registered_model_alias(model_name, alias, version)
@@ -75,7 +86,7 @@ class MlflowRegistry:
             found = self._client().get_model_version_by_alias(model_name, alias)
         except MlflowException:
             return None
-        return self._version(found, model_name)
+        return self._version(found, model_name, {alias: found.version})
 
     def _experiment(self, model_name: str) -> str:
         client = self._client()
@@ -85,7 +96,9 @@ class MlflowRegistry:
         location = (self.artifact_root / model_name).as_uri() if self.artifact_root else None
         return str(client.create_experiment(model_name, artifact_location=location))
 
-    def _version(self, found: Any, model_name: str) -> ModelVersion:
+    def _version(
+        self, found: Any, model_name: str, aliases: dict[str, Any] | None = None
+    ) -> ModelVersion:
         client = self._client()
         run = client.get_run(found.run_id) if found.run_id else None
         tags = dict(found.tags or {})
@@ -101,5 +114,5 @@ class MlflowRegistry:
                 for k, v in tags.items()
                 if k.startswith("ml_assets.") and k != JOB_ID_TAG
             },
-            aliases=sorted(getattr(found, "aliases", []) or []),
+            aliases=sorted(a for a, v in (aliases or {}).items() if str(v) == str(found.version)),
         )

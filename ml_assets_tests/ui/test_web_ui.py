@@ -1,0 +1,299 @@
+"""The clinical pipeline driven through the real web UI, end to end.
+
+A user opens the ``clinical`` asset group in ``dagster dev``, clicks "Materialize all", and
+the rest happens without them: the run builds the dataset and features and submits training,
+the ``clinical_training_reconciler`` sensor records the trained model when the detached job
+finishes, and the ``clinical_automation`` sensor evaluates and registers it. The test then
+checks what the user sees on the evaluation asset's page: its metrics and its ROC plot.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from ml_assets.assets.common import ModelKeys
+
+if TYPE_CHECKING:
+    from ml_assets_tests.ui.conftest import DagsterDev
+
+pytestmark = pytest.mark.timeout(480)
+
+TEAM = "clinical"
+MODEL = ModelKeys(TEAM, "tumor_classifier")
+CHAIN = [MODEL.dataset, MODEL.features, MODEL.trained, MODEL.evaluation, MODEL.registered]
+RAW_KEY = ["platform", "raw_breast_cancer"]
+GROUP_PATH = f"/locations/{TEAM}/asset-groups/{TEAM}"
+EVALUATION_PATH = "/assets/" + "/".join(MODEL.evaluation.path)
+OWNER = "clinical-ml@example.com"
+AUTOMATION_SENSOR = f"{TEAM}_automation"
+MIN_ROC_AUC = 0.95
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOT_MARKDOWN = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
+LAUNCHED_TOAST = re.compile(r"Launched run ([0-9a-f]{8})")
+SHARED_SCREENSHOT = Path("/tmp/ml_assets_ui_evaluation.png")
+
+RAW_DATA_TIMEOUT_S = 150.0
+RUN_TIMEOUT_S = 120.0
+PIPELINE_TIMEOUT_S = 180.0
+POLL_S = 1.0
+UI_TIMEOUT_MS = 60_000
+
+LATEST_MATERIALIZATION = """
+query Latest($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        runId
+        timestamp
+        metadataEntries {
+          label
+          ... on TextMetadataEntry { text }
+          ... on MarkdownMetadataEntry { mdStr }
+          ... on PathMetadataEntry { path }
+          ... on FloatMetadataEntry { floatValue }
+          ... on IntMetadataEntry { intValue }
+          ... on BoolMetadataEntry { boolValue }
+          ... on JsonMetadataEntry { jsonString }
+        }
+      }
+    }
+  }
+}
+"""
+
+RUN_IDS = """
+query RunIds {
+  runsOrError(limit: 200) {
+    __typename
+    ... on Runs { results { runId } }
+  }
+}
+"""
+
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      runId
+      status
+      tags { key value }
+      assetSelection { path }
+      stepStats { stepKey status }
+    }
+  }
+}
+"""
+
+TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+_VALUE_FIELDS = ("text", "mdStr", "path", "floatValue", "intValue", "boolValue", "jsonString")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """The latest materialization of an asset, as the webserver reports it."""
+
+    run_id: str
+    timestamp_ms: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The parts of a run the test looks at."""
+
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    asset_keys: set[tuple[str, ...]]
+    step_status: dict[str, str]
+
+
+def latest_materialization(dev: DagsterDev, key: Sequence[str]) -> Materialization | None:
+    """The asset's latest materialization, or None if it has none yet."""
+    asset = dev.graphql(LATEST_MATERIALIZATION, {"key": {"path": list(key)}})["assetOrError"]
+    if asset["__typename"] != "Asset" or not asset["assetMaterializations"]:
+        return None
+    (event,) = asset["assetMaterializations"]
+    metadata = {}
+    for entry in event["metadataEntries"]:
+        values = [entry[name] for name in _VALUE_FIELDS if name in entry]
+        metadata[entry["label"]] = values[0] if values else None
+    return Materialization(event["runId"], int(event["timestamp"]), metadata)
+
+
+def find_run(dev: DagsterDev, prefix: str) -> str | None:
+    """The full id of the one run whose id starts with ``prefix`` (as the UI's toast shows it)."""
+    runs = dev.graphql(RUN_IDS)["runsOrError"]["results"]
+    matches = [run["runId"] for run in runs if run["runId"].startswith(prefix)]
+    assert len(matches) <= 1, f"several runs start with {prefix}: {matches}"
+    return matches[0] if matches else None
+
+
+def get_run(dev: DagsterDev, run_id: str) -> Run:
+    """One run's status, tags, asset selection and step outcomes."""
+    run = dev.graphql(RUN, {"runId": run_id})["runOrError"]
+    assert run["__typename"] == "Run", f"run {run_id}: {run}"
+    return Run(
+        run_id=run["runId"],
+        status=run["status"],
+        tags={tag["key"]: tag["value"] for tag in run["tags"]},
+        asset_keys={tuple(key["path"]) for key in run["assetSelection"] or []},
+        step_status={step["stepKey"]: step["status"] for step in run["stepStats"]},
+    )
+
+
+def wait_for(dev: DagsterDev, what: str, probe: Callable[[], T | None], timeout: float) -> T:
+    """Poll ``probe`` until it returns something other than None; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dev.ensure_running()
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
+        time.sleep(POLL_S)
+
+
+def step_key(key: Sequence[str]) -> str:
+    """The step key Dagster gives an asset's op."""
+    return "__".join(key)
+
+
+def materialize_group_from_ui(page: Page, dev: DagsterDev) -> str:
+    """Open the clinical asset group, click "Materialize all"; the id of the launched run."""
+    page.goto(dev.url + GROUP_PATH)
+    for key in CHAIN:
+        expect(page.get_by_text(key.path[-1], exact=True).first).to_be_visible(
+            timeout=UI_TIMEOUT_MS
+        )
+    materialize_all = page.get_by_role("button", name="Materialize all", exact=True)
+    expect(materialize_all).to_be_enabled(timeout=UI_TIMEOUT_MS)
+    materialize_all.click()
+
+    launched = page.get_by_text(LAUNCHED_TOAST)
+    confirm = page.get_by_role("dialog").get_by_role(
+        "button", name=re.compile(r"^(Launch|Materialize)")
+    )
+    expect(launched.or_(confirm).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    if not launched.is_visible():
+        confirm.first.click()
+    expect(launched).to_be_visible(timeout=UI_TIMEOUT_MS)
+    match = LAUNCHED_TOAST.search(launched.inner_text())
+    assert match, f"unexpected launch message: {launched.inner_text()!r}"
+    prefix = match.group(1)
+    return wait_for(dev, f"the run {prefix}… in the run list", lambda: find_run(dev, prefix), 30)
+
+
+def save_screenshot(page: Page, path: Path, *, full_page: bool = False) -> None:
+    """Save a screenshot of the page and say where it is."""
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"screenshot: {path}")
+
+
+@pytest.mark.ui
+def test_materialize_all_from_the_ui_trains_evaluates_and_registers(
+    dagster_dev: DagsterDev, page: Page, tmp_path: Path
+) -> None:
+    """'Materialize all' on the clinical group ends in a registered model with a visible plot."""
+    dev = dagster_dev
+    raw = wait_for(
+        dev,
+        "the automation sensor to build platform/raw_breast_cancer",
+        lambda: latest_materialization(dev, RAW_KEY),
+        RAW_DATA_TIMEOUT_S,
+    )
+    assert raw.run_id, "the raw data should be built by a run of the platform automation"
+
+    clicked_at_ms = time.time() * 1000
+    ui_run_id = materialize_group_from_ui(page, dev)
+
+    def finished_run() -> Run | None:
+        run = get_run(dev, ui_run_id)
+        return run if run.status in TERMINAL_RUN_STATUSES else None
+
+    ui_run = wait_for(dev, f"run {ui_run_id} to finish", finished_run, RUN_TIMEOUT_S)
+    assert ui_run.status == "SUCCESS", f"the UI's run ended {ui_run.status}: {ui_run}"
+    assert ui_run.asset_keys == {tuple(key.path) for key in CHAIN}
+    for key in (MODEL.dataset, MODEL.features, MODEL.trained):
+        assert ui_run.step_status.get(step_key(key.path)) == "SUCCESS", ui_run.step_status
+    for key in (MODEL.evaluation, MODEL.registered):
+        # Training only submits a job, so nothing downstream can run in the launching run.
+        assert ui_run.step_status.get(step_key(key.path)) == "SKIPPED", ui_run.step_status
+
+    registered = wait_for(
+        dev,
+        "the sensors to train, evaluate and register clinical/tumor_classifier",
+        lambda: latest_materialization(dev, MODEL.registered.path),
+        PIPELINE_TIMEOUT_S,
+    )
+    trained = latest_materialization(dev, MODEL.trained.path)
+    evaluation = latest_materialization(dev, MODEL.evaluation.path)
+    assert trained is not None
+    assert evaluation is not None
+
+    # The trained model is recorded by the reconciling sensor, not by any run.
+    assert trained.run_id == "", f"trained model came from run {trained.run_id}"
+    assert trained.timestamp_ms > clicked_at_ms
+    job_id = trained.metadata.get("job_id")
+    assert job_id, trained.metadata
+    assert trained.metadata.get("submitted_by_run") == ui_run_id
+    assert trained.metadata.get("backend") == "local"
+
+    # Evaluation ran automatically, in a run of the team's automation sensor.
+    assert evaluation.run_id and evaluation.run_id != ui_run_id
+    evaluation_run = get_run(dev, evaluation.run_id)
+    assert evaluation_run.status == "SUCCESS"
+    assert evaluation_run.tags.get("dagster/sensor_name") == AUTOMATION_SENSOR
+    assert evaluation.metadata.get("model_job_id") == job_id
+    assert evaluation.metadata.get("passed") is True, evaluation.metadata.get("failures")
+    roc_auc = evaluation.metadata.get("roc_auc")
+    assert isinstance(roc_auc, float), evaluation.metadata
+    assert roc_auc > MIN_ROC_AUC
+    plot = PLOT_MARKDOWN.fullmatch(str(evaluation.metadata.get("plot", "")))
+    assert plot, f"plot is not a markdown PNG image: {str(evaluation.metadata.get('plot'))[:200]}"
+    assert base64.b64decode(plot.group(1)).startswith(PNG_MAGIC)
+
+    assert registered.run_id, "registration should run as a run of the automation sensor"
+    assert registered.metadata.get("job_id") == job_id
+    assert registered.metadata.get("registry") == "mlflow"
+
+    # What the user sees on the evaluation asset's page.
+    page.goto(dev.url + EVALUATION_PATH)
+    expect(page.get_by_text(OWNER).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    roc_row = page.get_by_role("row").filter(
+        has=page.get_by_role("cell", name="roc_auc", exact=True)
+    )
+    expect(roc_row).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    shown = re.search(r"\d+\.\d+", roc_row.inner_text())
+    assert shown, f"no number in the roc_auc row: {roc_row.inner_text()!r}"
+    assert float(shown.group()) == pytest.approx(roc_auc, abs=1e-6)
+    save_screenshot(page, tmp_path / "evaluation_metadata.png", full_page=True)
+
+    plot_row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="plot", exact=True))
+    plot_row.get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog").filter(has_text="plot")
+    image = dialog.locator("img")
+    expect(image).to_have_count(1, timeout=UI_TIMEOUT_MS)
+    expect(image).to_be_visible()
+    expect(image).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    expect(image).to_have_js_property("complete", True)
+    natural_width = image.evaluate("img => img.naturalWidth")
+    assert natural_width > 0, "the browser could not decode the evaluation plot"
+    final = tmp_path / "evaluation.png"
+    save_screenshot(page, final)
+    shutil.copyfile(final, SHARED_SCREENSHOT)
