@@ -207,7 +207,7 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, float]) ->
 
     Gate keys are ``min_<metric>`` (metric must be >= limit) or ``max_<metric>`` (<= limit),
     e.g. ``{"min_roc_auc": 0.9, "max_log_loss": 0.4}``. Failures read like
-    ``"roc_auc 0.712 < min 0.900"`` or ``"log_loss 0.512 > max 0.400"``; a NaN metric always
+    ``"roc_auc 0.712 < min 0.9"`` or ``"log_loss 0.512 > max 0.4"``; a NaN metric always
     fails. An unknown key, a non-numeric limit or a gate on a metric absent from ``metrics``
     raises ValueError, since a gate that cannot be checked must not pass silently.
     """
@@ -224,9 +224,9 @@ def check_thresholds(metrics: dict[str, float], thresholds: dict[str, float]) ->
             raise ValueError(f"threshold {key} refers to metric {metric!r}, which was not computed")
         value = float(metrics[metric])
         if bound == "min" and not value >= limit:
-            failures.append(f"{metric} {value:.3f} < min {limit:.3f}")
+            failures.append(f"{metric} {value:.4g} < min {limit:.4g}")
         elif bound == "max" and not value <= limit:
-            failures.append(f"{metric} {value:.3f} > max {limit:.3f}")
+            failures.append(f"{metric} {value:.4g} > max {limit:.4g}")
     return failures
 
 

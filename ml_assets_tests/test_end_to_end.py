@@ -18,6 +18,7 @@ from ml_assets.assets.evaluation import THRESHOLD_CHECK
 from ml_assets.assets.registration import registry_for
 from ml_assets.datasets import file_sha256
 from ml_assets.platform_data.definitions import defs as platform_defs
+from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver
 
@@ -98,3 +99,46 @@ def test_pipeline_ends_with_an_evaluated_registered_model(
     assert version.lineage["features_data_version"] == features_version
     assert version.lineage["dataset_data_version"] == features["dataset_data_version"]
     assert version.metrics["holdout_roc_auc"] == pytest.approx(evaluation["roc_auc"])
+
+
+def test_a_model_below_its_thresholds_is_never_registered(
+    instance: dg.DagsterInstance, ml_home: Path, tmp_path: Path
+) -> None:
+    spec_text = (TEAMS_DIR / "clinical" / "team.yaml").read_text()
+    strict = tmp_path / "team.yaml"
+    strict.write_text(spec_text.replace("min_roc_auc: 0.95", "min_roc_auc: 0.9999"))
+    defs = team_definitions(strict)
+    keys = ModelKeys("clinical", "tumor_classifier")
+    raw = platform_defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey(["platform", "raw_breast_cancer"])]
+    )
+    assert raw.success
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(
+        instance=instance, asset_selection=[keys.dataset, keys.features, keys.trained]
+    ).success
+    reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+    reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 120)
+
+    # Evaluation and registration in one run, as the automation sensor launches them.
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[keys.evaluation, keys.registered],
+        raise_on_error=False,
+    )
+    assert not result.success
+    evaluation = _values(_latest(instance, keys.evaluation))
+    assert evaluation["passed"] is False
+    assert "roc_auc" in str(evaluation["failures"]) and "< min 0.9999" in str(
+        evaluation["failures"]
+    )
+    assert instance.get_latest_materialization_event(keys.registered) is None
+    registry = registry_for(load_team_spec(strict), instance)
+    assert registry.list_versions("clinical.tumor_classifier") == []
+
+    # Registration alone, as a later automation tick might try, refuses too.
+    alone = job.execute_in_process(
+        instance=instance, asset_selection=[keys.registered], raise_on_error=False
+    )
+    assert not alone.success
+    assert registry.list_versions("clinical.tumor_classifier") == []

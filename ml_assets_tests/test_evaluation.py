@@ -145,14 +145,14 @@ def test_check_thresholds_messages() -> None:
     metrics = {"roc_auc": 0.712, "log_loss": 0.512, "recall": 0.9}
     assert check_thresholds(metrics, {"min_roc_auc": 0.7, "max_log_loss": 0.6}) == []
     assert check_thresholds(metrics, {"min_roc_auc": 0.9, "max_log_loss": 0.4}) == [
-        "roc_auc 0.712 < min 0.900",
-        "log_loss 0.512 > max 0.400",
+        "roc_auc 0.712 < min 0.9",
+        "log_loss 0.512 > max 0.4",
     ]
     assert (
         check_thresholds(metrics, {"min_recall": 0.9, "max_recall": 0.9}) == []
     )  # bounds inclusive
     assert check_thresholds({"roc_auc": math.nan}, {"min_roc_auc": 0.5}) == [
-        "roc_auc nan < min 0.500"
+        "roc_auc nan < min 0.5"
     ]
 
 
