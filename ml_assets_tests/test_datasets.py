@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +20,9 @@ from ml_assets.datasets import (
     write_card_transactions,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CARD_ROWS = 50_000
-HEAVY_MODULES = ("numpy", "pandas", "pyarrow", "sklearn", "matplotlib", "joblib", "dagster")
 
 
-def _imported_after(module: str) -> list[str]:
-    """Heavy modules present in sys.modules after importing ``module`` in a fresh interpreter."""
-    code = (
-        f"import json, sys; import {module}; "
-        f"print(json.dumps([m for m in {list(HEAVY_MODULES)!r} if m in sys.modules]))"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=env,
-        check=True,
-    )
-    return list(json.loads(completed.stdout))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +37,6 @@ def card(card_path: Path) -> pd.DataFrame:
     return pd.read_parquet(card_path)
 
 
-def test_module_imports_no_heavy_libraries() -> None:
-    assert _imported_after("ml_assets.datasets") == []
 
 
 def test_sources_names_both_builders() -> None:

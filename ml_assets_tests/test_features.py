@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +17,6 @@ from ml_assets.features import (
     build_features,
     feature_columns,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HEAVY_MODULES = ("numpy", "pandas", "pyarrow", "sklearn", "matplotlib", "joblib", "dagster")
-
-
-def test_module_imports_no_heavy_libraries() -> None:
-    code = (
-        "import json, sys; import ml_assets.features; "
-        f"print(json.dumps([m for m in {list(HEAVY_MODULES)!r} if m in sys.modules]))"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=env,
-        check=True,
-    )
-    assert json.loads(completed.stdout) == []
 
 
 def test_feature_sets_constant() -> None:

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -17,29 +11,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
 from ml_assets.training.trainers import TRAINERS, build_estimator
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAVY_MODULES = ("numpy", "pandas", "pyarrow", "sklearn", "matplotlib", "joblib", "dagster")
-
-
-def test_module_imports_no_heavy_libraries() -> None:
-    code = (
-        "import json, sys; import ml_assets.training.trainers; "
-        f"print(json.dumps([m for m in {list(HEAVY_MODULES)!r} if m in sys.modules]))"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=env,
-        check=True,
-    )
-    assert json.loads(completed.stdout) == []
 
 
 def test_trainer_names() -> None:
