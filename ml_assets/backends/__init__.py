@@ -7,8 +7,9 @@ does not use.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ml_assets.plugins import load_plugin
 
 if TYPE_CHECKING:
     from ml_assets.backends.base import Backend
@@ -20,13 +21,5 @@ BACKENDS: dict[str, str] = {
 
 def load_backend(name: str, **settings: Any) -> Backend:
     """Instantiate the backend registered under ``name`` with its settings."""
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
-        ) from None
-    module_name, _, class_name = target.partition(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = backend_class(**settings)
+    backend: Backend = load_plugin(BACKENDS, name, "backend", **settings)
     return backend

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ml_assets.plugins import load_plugin
 
 if TYPE_CHECKING:
     from ml_assets.registries.base import ModelRegistry
@@ -16,12 +17,5 @@ REGISTRIES: dict[str, str] = {
 
 def load_registry(kind: str, **settings: Any) -> ModelRegistry:
     """Instantiate the registry registered under ``kind`` with its settings."""
-    try:
-        target = REGISTRIES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown registry {kind!r}; choose one of: {', '.join(REGISTRIES)}"
-        ) from None
-    module_name, _, class_name = target.partition(":")
-    registry: ModelRegistry = getattr(importlib.import_module(module_name), class_name)(**settings)
+    registry: ModelRegistry = load_plugin(REGISTRIES, kind, "registry", **settings)
     return registry

@@ -6,19 +6,18 @@ into ``$ML_ASSETS_OUTPUT_URI``, sleep, wait for a file, or raise.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
+from ml_assets.testing.job_scripts import py, wait_for_file, write_result
 
 if TYPE_CHECKING:
     from conftest import BackendHarness, WaitFor
@@ -26,31 +25,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(60)
 
 
-def py(*lines: str) -> list[str]:
-    """A command running the given Python lines in this interpreter."""
-    return [sys.executable, "-c", "\n".join(lines)]
 
 
-def write_result(document: dict[str, Any]) -> str:
-    """Python source that writes ``document`` as the job's result.json, atomically."""
-    return (
-        "import json, os\n"
-        "out = os.environ['ML_ASSETS_OUTPUT_URI']\n"
-        "with open(os.path.join(out, 'result.json.tmp'), 'w') as f:\n"
-        f"    f.write({json.dumps(document)!r})\n"
-        "os.replace(os.path.join(out, 'result.json.tmp'), os.path.join(out, 'result.json'))"
-    )
 
 
-def wait_for_file(path: Path) -> str:
-    """Python source that blocks until ``path`` exists (exiting 3 after 30 s)."""
-    return (
-        "import os, time\n"
-        "deadline = time.time() + 30\n"
-        f"while not os.path.exists({str(path)!r}):\n"
-        "    if time.time() > deadline: raise SystemExit(3)\n"
-        "    time.sleep(0.02)"
-    )
 
 
 def append_line(path: Path) -> str:

@@ -22,6 +22,7 @@ from ml_assets.backends._local_runner import (
 )
 from ml_assets.backends.base import JobHandle, JobSpec, JobState
 from ml_assets.backends.local import JobDirectoryConflict, LocalBackend
+from ml_assets.testing.job_scripts import py, wait_for_file
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -42,8 +43,6 @@ def spec_in(directory: Path | str, command: list[str], key: str, **extra: object
     )
 
 
-def py(*lines: str) -> list[str]:
-    return [sys.executable, "-c", "\n".join(lines)]
 
 
 WRITE_RESULT = (
@@ -53,14 +52,6 @@ WRITE_RESULT = (
 )
 
 
-def wait_for_file(path: Path) -> str:
-    return (
-        "import os, time\n"
-        "deadline = time.time() + 30\n"
-        f"while not os.path.exists({str(path)!r}):\n"
-        "    if time.time() > deadline: raise SystemExit(3)\n"
-        "    time.sleep(0.02)"
-    )
 
 
 @pytest.fixture

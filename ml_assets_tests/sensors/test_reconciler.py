@@ -28,6 +28,7 @@ from ml_assets.sensors.reconciler import (
     build_reconciler_sensor,
 )
 from ml_assets.teams.spec import TeamSpec, load_team_spec
+from ml_assets.testing.job_scripts import wait_for_file
 from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = pytest.mark.timeout(180)
@@ -122,10 +123,7 @@ def test_a_finished_job_is_materialized_once_over_many_ticks(
 def gated(ml_home: Path, name: str) -> tuple[Path, str]:
     """A job that writes its result only once the test creates the gate file."""
     gate = ml_home / name
-    wait = (
-        f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
-    )
-    return gate, wait + WRITE_RESULT
+    return gate, wait_for_file(gate, timeout=120) + "\n" + WRITE_RESULT
 
 
 def test_a_tick_replayed_after_a_crash_does_not_repeat_the_materialization(
