@@ -84,19 +84,25 @@ def code_version(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+def latest_metadata(
+    instance: dg.DagsterInstance, key: dg.AssetKey, prefer_run: str | None = None, search: int = 25
+) -> dict[str, Any]:
     """The plain values of the metadata on ``key``'s latest materialization.
 
-    Raises a ``dg.Failure`` that says which asset to materialize first when there is none.
+    With ``prefer_run``, the materialization made by that run wins over a newer one from a run
+    in parallel, so a step reads what its own run built. Raises a ``dg.Failure`` that says which
+    asset to materialize first when there is none.
     """
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
+    records = instance.fetch_materializations(key, limit=search if prefer_run else 1).records
+    chosen = next((r for r in records if r.run_id == prefer_run), None) if prefer_run else None
+    chosen = chosen or (records[0] if records else None)
+    if chosen is None or chosen.asset_materialization is None:
         raise dg.Failure(
             description=(
                 f"{key.to_user_string()} has not been materialized yet; materialize it first "
                 "(its code location's 'Materialize' button, or `dagster asset materialize`)."
             )
         )
-    values = {name: value.value for name, value in event.asset_materialization.metadata.items()}
-    values["__run_id__"] = event.run_id
+    values = {name: value.value for name, value in chosen.asset_materialization.metadata.items()}
+    values["__run_id__"] = chosen.run_id
     return values

@@ -61,7 +61,7 @@ def build_data_assets(model: ModelContext) -> list[dg.AssetsDefinition]:
 
         from ml_assets.features import build_features
 
-        upstream = latest_metadata(context.instance, keys.dataset)
+        upstream = latest_metadata(context.instance, keys.dataset, prefer_run=context.run_id)
         frame = build_features(
             spec.features.feature_set,
             pd.read_parquet(upstream["path"]),

@@ -79,7 +79,7 @@ def build_evaluation_asset(model: ModelContext) -> dg.AssetsDefinition:
                 "confusion_matrix": dg.MetadataValue.md(_confusion_table(result.confusion_matrix)),
                 "model_job_id": str(trained["job_id"]),
                 "passed": not failures,
-                "failures": verdict,
+                "verdict": verdict,
                 "thresholds": dg.MetadataValue.json(dict(thresholds)),
                 **metrics,
             },

@@ -45,12 +45,12 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
     )
     def registered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         instance = context.instance
-        evaluation = latest_metadata(instance, keys.evaluation)
+        evaluation = latest_metadata(instance, keys.evaluation, prefer_run=context.run_id)
         trained = latest_metadata(instance, keys.trained)
         if not evaluation["passed"]:
             raise dg.Failure(
                 description=f"Not registered: the evaluation failed its thresholds "
-                f"({evaluation['failures']}).",
+                f"({evaluation['verdict']}).",
                 metadata={"model_job_id": evaluation["model_job_id"]},
             )
         if evaluation["model_job_id"] != trained["job_id"]:

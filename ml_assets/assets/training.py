@@ -27,41 +27,56 @@ ENTRYPOINT = ["python", "-m", "ml_assets.training.entrypoint"]
 SUBMITTED = "submitted"
 
 
-def build_job_spec(
-    model: ModelContext, *, run_id: str, attempt: int, features_uri: str, home: Path
-) -> JobSpec:
-    """The job that trains ``model`` on one features file, for one attempt of one run."""
+def build_job_spec(model: ModelContext, *, run_id: str, features_uri: str, home: Path) -> JobSpec:
+    """The first attempt of the job that trains ``model`` on one features file.
+
+    The command does not name its output location (the backend passes it as
+    ``ML_ASSETS_OUTPUT_URI``), so a retry is the same spec under another key: see ``for_attempt``.
+    """
     spec, team = model.spec, model.team.team
-    key = idempotency_key(team, model.name, run_id, attempt)
-    output_uri = str(home / "jobs" / team / model.name / job_name_for(team, model.name, key))
     job = {
         "trainer": spec.trainer.name,
         "hyperparameters": spec.trainer.hyperparameters,
         "features_uri": features_uri,
-        "output_uri": output_uri,
         "seed": spec.trainer.seed,
     }
-    return JobSpec(
+    draft = JobSpec(
         team=team,
         model=model.name,
         command=[*ENTRYPOINT, "--job", json.dumps(job, sort_keys=True)],
-        output_uri=output_uri,
-        idempotency_key=key,
+        output_uri=str(home / "jobs" / team / model.name / "draft"),
+        idempotency_key="draft",
         backend=spec.backend,
         resources=spec.resources,
         labels={"ml-assets-team": team, "ml-assets-model": model.name},
     )
+    return for_attempt(draft, run_id=run_id, attempt=1)
+
+
+def for_attempt(spec: JobSpec, *, run_id: str, attempt: int) -> JobSpec:
+    """The same job for another attempt: its own key and its own output folder beside the rest."""
+    key = idempotency_key(spec.team, spec.model, run_id, attempt)
+    output = Path(spec.output_uri).parent / job_name_for(spec.team, spec.model, key)
+    return spec.model_copy(update={"idempotency_key": key, "output_uri": str(output)})
 
 
 def submission_event(
-    model: ModelContext, handle: JobHandle, *, run_id: str, attempt: int, features_uri: str
+    model: ModelContext,
+    handle: JobHandle,
+    spec: JobSpec,
+    *,
+    run_id: str,
+    attempt: int,
+    code_version: str | None,
 ) -> dg.AssetObservation:
-    """The durable record of a job in flight: what the sensor needs to find it again."""
+    """The durable record of a job in flight: what the sensor needs to find it again, and the
+    exact spec, so that a retry reruns the same job even if the team's YAML changed since."""
     record = {
         "handle": handle.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json"),
         "run_id": run_id,
         "attempt": attempt,
-        "features_uri": features_uri,
+        "code_version": code_version or "",
     }
     return dg.AssetObservation(
         asset_key=model.keys.trained,
@@ -96,11 +111,10 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
         **model.asset_settings("scikit-learn", spec.backend),
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
-        features = latest_metadata(context.instance, keys.features)
+        features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)
         job_spec = build_job_spec(
             model,
             run_id=context.run_id,
-            attempt=1,
             features_uri=str(features["path"]),
             home=storage.home(context.instance),
         )
@@ -114,9 +128,10 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             yield submission_event(
                 model,
                 handle,
+                job_spec,
                 run_id=context.run_id,
                 attempt=1,
-                features_uri=str(features["path"]),
+                code_version=context.assets_def.code_versions_by_key.get(keys.trained),
             )
         except BaseException:
             # The run was terminated while recording the job: leave nothing running untracked.

@@ -16,19 +16,23 @@ from the start of the log, so a restart loses nothing either.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    get_input_data_version_tag,
+)
 from pydantic import BaseModel, Field
 
-from ml_assets import storage
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import SUBMITTED, build_job_spec, submission_event
+from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event
 from ml_assets.backends import load_backend
-from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
+from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.teams.spec import TeamSpec
 
 MATERIALIZED = "materialized"
@@ -40,6 +44,7 @@ CANCEL_REQUESTED = "cancel_requested"
 TERMINAL_EVENTS = {MATERIALIZED, RETRIED, FAILED, CANCELLED}
 LOG_TAIL_LINES = 40
 PAGE = 500
+logger = logging.getLogger(__name__)
 
 
 class InFlight(BaseModel):
@@ -47,9 +52,11 @@ class InFlight(BaseModel):
 
     model: str
     handle: JobHandle
+    spec: JobSpec
     run_id: str
     attempt: int
-    features_uri: str
+    code_version: str = ""
+    cancel_requested: bool = False
     last_seen: str = ""
 
 
@@ -64,7 +71,13 @@ class ReconcilerCursor(BaseModel):
 
     @classmethod
     def parse(cls, raw: str | None) -> ReconcilerCursor:
-        return cls.model_validate_json(raw) if raw else cls()
+        """The cursor, or a fresh one (rebuilt from the log) when it is absent or unreadable."""
+        if not raw:
+            return cls()
+        try:
+            return cls.model_validate_json(raw)
+        except ValueError:
+            return cls()
 
 
 @dataclass
@@ -89,25 +102,39 @@ def fold_events(
         records.extend(_records(instance.fetch_materializations, key, cursor.after))
     for record in sorted(records, key=lambda r: r.storage_id):
         after = max(after, record.storage_id)
-        event = record.asset_event
-        tags = (event.tags if event is not None else None) or {}
-        kind, job_id = tags.get(EVENT_TAG), tags.get(JOB_ID_TAG)
-        if not job_id or event is None:
-            continue
-        if kind == SUBMITTED:
-            job = event.metadata["job"].value
-            assert isinstance(job, dict)
-            model = event.asset_key.path[-1]
-            inflight[job_id] = InFlight(
-                model=model,
-                handle=JobHandle.model_validate(job["handle"]),
-                run_id=job["run_id"],
-                attempt=job["attempt"],
-                features_uri=job["features_uri"],
-            )
-        elif kind in TERMINAL_EVENTS:
-            inflight.pop(job_id, None)
+        try:
+            _fold(record, inflight)
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as exc:  # e.g. a record written by an older release
+            logger.warning(f"ignoring unreadable job event {record.storage_id}: {exc!r}")
     return ReconcilerCursor(after=after, inflight=inflight)
+
+
+def _fold(record: dg.EventLogRecord, inflight: dict[str, InFlight]) -> None:
+    event = record.asset_event
+    tags = (event.tags if event is not None else None) or {}
+    kind, job_id = tags.get(EVENT_TAG), tags.get(JOB_ID_TAG)
+    if event is None or not job_id:
+        return
+    if kind == SUBMITTED and job_id not in inflight:
+        job = event.metadata["job"].value
+        if not isinstance(job, dict):
+            raise TypeError(f"submission record of {job_id} is not a mapping")
+        inflight[job_id] = InFlight(
+            model=event.asset_key.path[-1],
+            handle=JobHandle.model_validate(job["handle"]),
+            spec=JobSpec.model_validate(job["spec"]),
+            run_id=job["run_id"],
+            attempt=job["attempt"],
+            code_version=job.get("code_version", ""),
+        )
+    elif kind == CANCEL_REQUESTED and job_id in inflight:
+        inflight[job_id] = inflight[job_id].model_copy(update={"cancel_requested": True})
+    elif kind in TERMINAL_EVENTS:
+        inflight.pop(job_id, None)
 
 
 def _records(fetch: Any, key: dg.AssetKey, after: int) -> Iterable[dg.EventLogRecord]:
@@ -149,7 +176,7 @@ class Reconciler:
             if status is None:
                 continue
             try:
-                self._advance(instance, job, status, cancelled_runs, outcome)
+                self._advance(job, status, cancelled_runs, outcome)
             except Exception as exc:  # one broken job must not stop the others
                 outcome.log.append(f"{job_id}: could not be reconciled this tick: {exc!r}")
         return outcome
@@ -174,7 +201,6 @@ class Reconciler:
 
     def _advance(
         self,
-        instance: dg.DagsterInstance,
         job: InFlight,
         status: JobStatus,
         cancelled_runs: set[str],
@@ -182,7 +208,16 @@ class Reconciler:
     ) -> None:
         model = ModelContext(self.team, job.model)
         job_id = job.handle.job_id
-        cursor = outcome.cursor
+        if job.model not in self.team.models:
+            self._finish(
+                outcome,
+                model,
+                job,
+                FAILED,
+                f"Training job {job_id} belongs to model {job.model!r}, which is no longer in "
+                f"{self.team.team}'s team.yaml; it is no longer tracked.",
+            )
+            return
         if status.state == JobState.SUCCEEDED:
             try:
                 materialization = self._materialization(model, job, status)
@@ -193,24 +228,24 @@ class Reconciler:
                 )
             else:
                 outcome.events.append(materialization)
-                cursor.inflight.pop(job_id)
+                outcome.cursor.inflight.pop(job_id)
                 outcome.log.append(f"{job_id}: succeeded; {model.keys.trained.to_user_string()}")
                 return
-        if status.state == JobState.FAILED:
-            self._failed(instance, model, job, status, outcome)
-        elif status.state == JobState.CANCELLED:
-            outcome.events.append(
-                _observation(model, job, CANCELLED, f"Training job {job_id} was cancelled.", {})
-            )
-            cursor.inflight.pop(job_id)
-            outcome.log.append(f"{job_id}: cancelled")
-        elif job.run_id in cancelled_runs:
+        stop_requested = job.cancel_requested or job.run_id in cancelled_runs
+        if status.state == JobState.CANCELLED or (
+            status.state == JobState.FAILED and stop_requested
+        ):
+            # A job asked to stop is never retried, even if it failed before the cancel landed.
+            self._finish(outcome, model, job, CANCELLED, f"Training job {job_id} was cancelled.")
+        elif status.state == JobState.FAILED:
+            self._failed(model, job, status, outcome)
+        elif stop_requested:
             self.backend(job.handle.backend).cancel(job.handle)
-            outcome.log.append(f"{job_id}: run {job.run_id} was cancelled, so the job was too")
+            outcome.log.append(f"{job_id}: cancel requested (run {job.run_id}); cancelling")
         else:
             seen = f"{status.state.value}:{int((status.progress or 0) * 10)}"
             if seen != job.last_seen:
-                cursor.inflight[job_id] = job.model_copy(update={"last_seen": seen})
+                outcome.cursor.inflight[job_id] = job.model_copy(update={"last_seen": seen})
                 outcome.events.append(
                     _observation(
                         model,
@@ -225,73 +260,78 @@ class Reconciler:
                     )
                 )
 
-    def _failed(
+    def _finish(
         self,
-        instance: dg.DagsterInstance,
+        outcome: TickOutcome,
         model: ModelContext,
         job: InFlight,
-        status: JobStatus,
-        outcome: TickOutcome,
+        kind: str,
+        description: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a job's last word and stop tracking it."""
+        outcome.events.append(_observation(model, job, kind, description, details or {}))
+        outcome.cursor.inflight.pop(job.handle.job_id, None)
+        outcome.log.append(f"{job.handle.job_id}: {kind}: {description}")
+
+    def _failed(
+        self, model: ModelContext, job: InFlight, status: JobStatus, outcome: TickOutcome
     ) -> None:
         job_id = job.handle.job_id
         backend = self.backend(job.handle.backend)
-        log_tail = backend.logs(job.handle, tail=LOG_TAIL_LINES)
+        try:
+            log_tail = backend.logs(job.handle, tail=LOG_TAIL_LINES)
+        except Exception as exc:
+            log_tail = f"(the log could not be read: {exc!r})"
         attempts = model.spec.retry.max_attempts
-        will_retry = job.attempt < attempts
         details = {
             "message": status.message,
             "log_tail": dg.MetadataValue.md(f"```\n{log_tail}\n```"),
             "attempt": job.attempt,
             "max_attempts": attempts,
         }
-        if not will_retry:
-            outcome.events.append(
-                _observation(
-                    model,
-                    job,
-                    FAILED,
-                    f"Training job {job_id} failed on attempt {job.attempt} of {attempts}; "
-                    f"not retried. {status.message}",
-                    details,
-                )
+        summary = f"Training job {job_id} failed on attempt {job.attempt} of {attempts}"
+        if job.attempt >= attempts:
+            self._finish(
+                outcome, model, job, FAILED, f"{summary}; not retried. {status.message}", details
             )
-            outcome.cursor.inflight.pop(job_id)
-            outcome.log.append(f"{job_id}: failed for good: {status.message}")
             return
         attempt = job.attempt + 1
-        spec = build_job_spec(
-            model,
-            run_id=job.run_id,
-            attempt=attempt,
-            features_uri=job.features_uri,
-            home=storage.home(instance),
-        )
-        handle = backend.submit(spec)
+        spec = for_attempt(job.spec, run_id=job.run_id, attempt=attempt)
+        try:
+            handle = backend.submit(spec)
+        except Exception as exc:
+            self._finish(
+                outcome,
+                model,
+                job,
+                FAILED,
+                f"{summary}, and its retry could not be submitted: {exc!r}. {status.message}",
+                details,
+            )
+            return
         # The new job's record goes first: a crash between the two leaves it tracked.
         outcome.events.append(
             submission_event(
-                model, handle, run_id=job.run_id, attempt=attempt, features_uri=job.features_uri
-            )
-        )
-        outcome.events.append(
-            _observation(
                 model,
-                job,
-                RETRIED,
-                f"Training job {job_id} failed on attempt {job.attempt} of {attempts}; "
-                f"retrying as {handle.job_id}. {status.message}",
-                {**details, "retry_job_id": handle.job_id},
+                handle,
+                spec,
+                run_id=job.run_id,
+                attempt=attempt,
+                code_version=job.code_version,
             )
         )
-        outcome.cursor.inflight.pop(job_id)
-        outcome.cursor.inflight[handle.job_id] = InFlight(
-            model=job.model,
-            handle=handle,
-            run_id=job.run_id,
-            attempt=attempt,
-            features_uri=job.features_uri,
+        self._finish(
+            outcome,
+            model,
+            job,
+            RETRIED,
+            f"{summary}; retrying as {handle.job_id}. {status.message}",
+            {**details, "retry_job_id": handle.job_id},
         )
-        outcome.log.append(f"{job_id}: failed ({status.message}); retrying as {handle.job_id}")
+        outcome.cursor.inflight[handle.job_id] = job.model_copy(
+            update={"handle": handle, "spec": spec, "attempt": attempt, "last_seen": ""}
+        )
 
     def _materialization(
         self, model: ModelContext, job: InFlight, status: JobStatus
@@ -300,7 +340,12 @@ class Reconciler:
             raise ValueError(f"{job.handle.job_id} succeeded but reported no result location")
         result = read_result(status.result_uri)
         metrics = {f"train/{k}": float(v) for k, v in result.get("metrics", {}).items()}
-        features_key = model.keys.features.to_user_string()
+        features_key = model.keys.features
+        provenance = {
+            # Dagster's own lineage tags, so staleness and code versions show in the UI.
+            CODE_VERSION_TAG: job.code_version,
+            get_input_data_version_tag(features_key): str(result["data_version"]),
+        }
         return dg.AssetMaterialization(
             asset_key=model.keys.trained,
             description=f"Trained by job {job.handle.job_id} on {job.handle.backend}.",
@@ -310,18 +355,23 @@ class Reconciler:
                 "attempt": job.attempt,
                 "submitted_by_run": job.run_id,
                 "artifact": dg.MetadataValue.path(result["artifact_uri"]),
-                "trainer": result.get("trainer", model.spec.trainer.name),
+                "trainer": str(result.get("trainer", "")),
                 "hyperparameters": dg.MetadataValue.json(result.get("hyperparameters", {})),
                 "features_uri": dg.MetadataValue.path(result["features_uri"]),
                 "input_data_versions": dg.MetadataValue.json(
-                    {features_key: result["data_version"]}
+                    {features_key.to_user_string(): result["data_version"]}
                 ),
+                "code_version": job.code_version,
                 "rows_train": int(result.get("rows_train", 0)),
                 "duration_seconds": float(result.get("duration_seconds", 0.0)),
                 "result": dg.MetadataValue.path(status.result_uri),
                 **metrics,
             },
-            tags={EVENT_TAG: MATERIALIZED, JOB_ID_TAG: job.handle.job_id},
+            tags={
+                EVENT_TAG: MATERIALIZED,
+                JOB_ID_TAG: job.handle.job_id,
+                **{k: v for k, v in provenance.items() if v},
+            },
         )
 
 
@@ -344,10 +394,13 @@ def read_result(uri: str) -> dict[str, Any]:
 
 
 def build_reconciler_sensor(
-    team: TeamSpec, minimum_interval_seconds: int = 10
+    team: TeamSpec,
+    minimum_interval_seconds: int = 10,
+    backends: dict[str, Backend] | None = None,
 ) -> dg.SensorDefinition:
-    """The team's reconciling sensor, running by default."""
-    reconciler = Reconciler(team)
+    """The team's reconciling sensor, running by default. ``backends`` overrides the backend
+    objects by name (otherwise each is built from its defaults on first use)."""
+    reconciler = Reconciler(team, backends)
     targets = [ModelContext(team, name).keys.trained for name in team.models]
 
     @dg.sensor(

@@ -1,7 +1,8 @@
 """Train one model inside a compute job: ``python -m ml_assets.training.entrypoint --job JSON``.
 
 The job document is ``{"trainer": str, "hyperparameters": {...}, "features_uri": path,
-"output_uri": dir, "seed": int}`` (``hyperparameters`` and ``seed`` are optional). The job
+"output_uri": dir, "seed": int}`` (``hyperparameters`` and ``seed`` are optional, and
+``output_uri`` defaults to ``$ML_ASSETS_OUTPUT_URI``, which every backend sets). The job
 reads the feature Parquet file, fits the trainer on the rows whose ``split`` is ``"train"``
 and writes into ``output_uri``:
 
@@ -48,6 +49,8 @@ PROGRESS_FILE = "progress.json"
 
 _REQUIRED_KEYS = ("trainer", "features_uri", "output_uri")
 _OPTIONAL_KEYS = ("hyperparameters", "seed")
+# Every backend tells the job where to write; a job document may also name it itself.
+OUTPUT_ENV = "ML_ASSETS_OUTPUT_URI"
 _LOG_PREFIX = "[ml_assets.training]"
 
 
@@ -102,6 +105,8 @@ def parse_job(job: Any) -> dict[str, Any]:
     """
     if not isinstance(job, dict):
         raise ValueError(f"job must be a JSON object, got {type(job).__name__}")
+    if "output_uri" not in job and os.environ.get(OUTPUT_ENV):
+        job = {**job, "output_uri": os.environ[OUTPUT_ENV]}
     missing = [key for key in _REQUIRED_KEYS if key not in job]
     if missing:
         raise ValueError(f"job is missing required keys: {', '.join(missing)}")

@@ -6,7 +6,6 @@ daemon stores them, so the tests see exactly what the daemon would.
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event
-from ml_assets.backends.base import JobHandle, JobSpec, JobState
+from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState
 from ml_assets.backends.local import LocalBackend
 from ml_assets.sensors.cancel import build_cancel_job
 from ml_assets.sensors.reconciler import (
@@ -69,20 +68,20 @@ def submit(
     """Submit one job as the trained-model asset does, optionally running ``code`` instead."""
     model = ModelContext(team, "tumor_classifier")
     run_id = run_id or str(uuid.uuid4())
-    spec: JobSpec = build_job_spec(
-        model, run_id=run_id, attempt=1, features_uri=features_uri, home=home
-    )
+    spec: JobSpec = build_job_spec(model, run_id=run_id, features_uri=features_uri, home=home)
     if code is not None:
         spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
     handle = LocalBackend().submit(spec)
     instance.report_runless_asset_event(
-        submission_event(model, handle, run_id=run_id, attempt=1, features_uri=features_uri)
+        submission_event(model, handle, spec, run_id=run_id, attempt=1, code_version="v1")
     )
     return handle
 
 
-def Daemon(instance: dg.DagsterInstance, team: TeamSpec) -> SensorDriver:
-    return SensorDriver(instance, build_reconciler_sensor(team))
+def Daemon(  # noqa: N802
+    instance: dg.DagsterInstance, team: TeamSpec, backends: dict[str, Backend] | None = None
+) -> SensorDriver:
+    return SensorDriver(instance, build_reconciler_sensor(team, backends=backends))
 
 
 def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
@@ -171,27 +170,52 @@ def test_a_failed_job_is_retried_then_reported_with_its_message_and_log_tail(
     instance: dg.DagsterInstance, ml_home: Path
 ) -> None:
     team = clinical()
-    # Attempt 1 runs ``code``; the sensor's retry runs the real trainer on a missing file.
-    submit(instance, team, ml_home, code="raise SystemExit('out of memory on attempt 1')")
+    first = submit(instance, team, ml_home, code="raise SystemExit('out of GPU memory')")
     daemon = Daemon(instance, team)
-    daemon.tick_until(lambda: events(instance, FAILED))
+    daemon.tick_until(lambda: events(instance, FAILED), timeout=120)
 
     [retried] = events(instance, RETRIED)
     retry_meta = {k: v.value for k, v in retried.asset_observation.metadata.items()}  # type: ignore[union-attr]
-    assert "out of memory on attempt 1" in retry_meta["log_tail"]
+    assert retry_meta["job_id"] == first.job_id
+    assert "out of GPU memory" in retry_meta["log_tail"]
     assert retry_meta["attempt"] == 1
-    assert len(events(instance, SUBMITTED)) == 2  # the original and one retry: max_attempts 2
+    submissions = events(instance, SUBMITTED)
+    assert len(submissions) == 2  # the original and one retry: max_attempts is 2
+    retry_spec = submissions[0].asset_observation.metadata["job"].value["spec"]  # type: ignore[union-attr,index]
+    assert retry_spec["command"][-1] == "raise SystemExit('out of GPU memory')"  # the same job
 
     [failed] = events(instance, FAILED)
     failed_meta = {k: v.value for k, v in failed.asset_observation.metadata.items()}  # type: ignore[union-attr]
     assert failed_meta["attempt"] == 2
-    assert failed_meta["job_id"] == retry_meta["retry_job_id"]
-    assert "nonexistent" in failed_meta["log_tail"]  # the trainer's own error, from its log
-    assert failed_meta["message"]
+    assert failed_meta["job_id"] == retry_meta["retry_job_id"] != first.job_id
+    assert "out of GPU memory" in failed_meta["log_tail"]
+    assert "return code 1" in failed_meta["message"]
     assert materializations(instance) == []
     for _ in range(3):
         daemon.tick()
     assert len(events(instance, SUBMITTED)) == 2  # reported jobs are not retried again
+
+
+def test_a_retry_that_cannot_be_submitted_is_reported_not_looped(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    class SubmitOutage(LocalBackend):
+        """A real local backend whose submissions fail after the first, like an API outage."""
+
+        def submit(self, spec: JobSpec) -> JobHandle:
+            if not spec.idempotency_key.endswith("/1"):
+                raise ConnectionError("backend API unavailable")
+            return super().submit(spec)
+
+    team = clinical()
+    submit(instance, team, ml_home, code="raise SystemExit('flaky')")
+    daemon = Daemon(instance, team, backends={"local": SubmitOutage()})
+    daemon.tick_until(lambda: events(instance, FAILED))
+    [failed] = events(instance, FAILED)
+    assert "retry could not be submitted" in str(failed.asset_observation.description)  # type: ignore[union-attr]
+    assert "backend API unavailable" in str(failed.asset_observation.description)  # type: ignore[union-attr]
+    assert ReconcilerCursor.parse(daemon.cursor).inflight == {}
+    assert len(events(instance, SUBMITTED)) == 1
 
 
 def test_one_broken_job_does_not_stop_the_others(
@@ -268,4 +292,62 @@ def test_the_submission_record_round_trips(instance: dg.DagsterInstance, ml_home
     [record] = events(instance, SUBMITTED)
     job = record.asset_observation.metadata["job"].value  # type: ignore[union-attr]
     assert JobHandle.model_validate(job["handle"]) == handle
-    assert json.loads(json.dumps(job))["attempt"] == 1
+    spec = JobSpec.model_validate(job["spec"])
+    assert spec.idempotency_key == handle.idempotency_key
+    assert spec.output_uri == handle.output_uri
+    assert (job["attempt"], job["code_version"]) == (1, "v1")
+
+
+def test_a_job_that_fails_after_a_cancel_request_is_not_retried(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    gate, _ = gated(ml_home, "gate")
+    handle = submit(instance, team, ml_home, code=wait_for_file(gate) + "\nraise SystemExit(9)")
+    daemon = Daemon(instance, team)
+    daemon.tick()
+    # The cancel is requested while the job is failing on its own; the failure wins the race.
+    model = ModelContext(team, "tumor_classifier")
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=model.keys.trained,
+            tags={EVENT_TAG: "cancel_requested", JOB_ID_TAG: handle.job_id},
+        )
+    )
+    gate.touch()
+    daemon.tick_until(lambda: events(instance, CANCELLED))
+    assert events(instance, RETRIED) == []
+    assert len(events(instance, SUBMITTED)) == 1
+
+
+def test_a_job_of_a_model_removed_from_the_yaml_is_reported_and_dropped(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    submit(instance, clinical(), ml_home, code=SLEEPER)
+    renamed = clinical().model_copy(
+        update={"models": {"tumor_classifier_v2": clinical().models["tumor_classifier"]}}
+    )
+    daemon = Daemon(instance, clinical())
+    daemon.tick()
+    cursor = ReconcilerCursor.parse(daemon.cursor)
+    assert len(cursor.inflight) == 1
+    later = Daemon(instance, renamed)
+    later.cursor = daemon.cursor
+    later.tick()
+    assert ReconcilerCursor.parse(later.cursor).inflight == {}
+    [orphaned] = events(instance, FAILED)
+    assert "no longer in clinical's team.yaml" in str(orphaned.asset_observation.description)  # type: ignore[union-attr]
+    handle = next(iter(cursor.inflight.values())).handle
+    LocalBackend().cancel(handle)
+
+
+def test_an_unreadable_cursor_is_rebuilt_from_the_event_log(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()
+    handle = submit(instance, team, ml_home, code=WRITE_RESULT)
+    daemon = Daemon(instance, team)
+    daemon.cursor = "{not json"
+    daemon.tick_until(lambda: materializations(instance))
+    [record] = materializations(instance)
+    assert record.asset_materialization.tags[JOB_ID_TAG] == handle.job_id  # type: ignore[union-attr]

@@ -67,8 +67,6 @@ def features_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-
-
 def test_subprocess_run_writes_model_result_and_progress(
     features_path: Path, tmp_path: Path
 ) -> None:
@@ -162,12 +160,17 @@ def test_bad_job_documents(tmp_path: Path, change: dict, message: str) -> None:
         run_job(job)
 
 
-def test_missing_keys_and_non_object_jobs() -> None:
+def test_missing_keys_and_non_object_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ML_ASSETS_OUTPUT_URI", raising=False)
     with pytest.raises(ValueError, match="missing required keys: features_uri, output_uri"):
         parse_job({"trainer": "random_forest"})
     with pytest.raises(ValueError, match="JSON object"):
         parse_job(["trainer"])
     assert parse_job({"trainer": "t", "features_uri": "/f", "output_uri": "/o"})["seed"] == 0
+    monkeypatch.setenv("ML_ASSETS_OUTPUT_URI", "/from/backend")
+    assert parse_job({"trainer": "t", "features_uri": "/f"})["output_uri"] == "/from/backend"
+    explicit = {"trainer": "t", "features_uri": "/f", "output_uri": "/o"}
+    assert parse_job(explicit)["output_uri"] == "/o"
 
 
 def test_main_rejects_malformed_json(capsys: pytest.CaptureFixture[str]) -> None:
