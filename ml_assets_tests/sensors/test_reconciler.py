@@ -78,7 +78,7 @@ def submit(
     return handle
 
 
-def Daemon(  # noqa: N802
+def driver(
     instance: dg.DagsterInstance, team: TeamSpec, backends: dict[str, Backend] | None = None
 ) -> SensorDriver:
     return SensorDriver(instance, build_reconciler_sensor(team, backends=backends))
@@ -102,7 +102,7 @@ def test_a_finished_job_is_materialized_once_over_many_ticks(
 ) -> None:
     team = clinical()
     handle = submit(instance, team, ml_home, code=WRITE_RESULT)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick_until(lambda: materializations(instance))
     for _ in range(5):
         daemon.tick()
@@ -131,7 +131,7 @@ def test_a_tick_replayed_after_a_crash_does_not_repeat_the_materialization(
     team = clinical()
     gate, code = gated(ml_home, "gate")
     submit(instance, team, ml_home, code=code)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick()
     before = daemon.cursor
     assert len(ReconcilerCursor.parse(before).inflight) == 1
@@ -152,12 +152,12 @@ def test_a_fresh_sensor_after_a_restart_neither_loses_nor_repeats_a_job(
     submit(instance, team, ml_home, code=WRITE_RESULT)
     gate, code = gated(ml_home, "gate")
     late = submit(instance, team, ml_home, code=code)
-    first = Daemon(instance, team)
+    first = driver(instance, team)
     first.tick_until(lambda: len(materializations(instance)) == 1)
     assert late.job_id in ReconcilerCursor.parse(first.cursor).inflight
 
     gate.touch()  # the slow job finishes while no sensor is running
-    restarted = Daemon(instance, team)  # a new process: no cursor, nothing in memory
+    restarted = driver(instance, team)  # a new process: no cursor, nothing in memory
     restarted.tick_until(lambda: len(materializations(instance)) == 2)
     for _ in range(3):
         restarted.tick()
@@ -171,7 +171,7 @@ def test_a_failed_job_is_retried_then_reported_with_its_message_and_log_tail(
 ) -> None:
     team = clinical()
     first = submit(instance, team, ml_home, code="raise SystemExit('out of GPU memory')")
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick_until(lambda: events(instance, FAILED), timeout=120)
 
     [retried] = events(instance, RETRIED)
@@ -209,7 +209,7 @@ def test_a_retry_that_cannot_be_submitted_is_reported_not_looped(
 
     team = clinical()
     submit(instance, team, ml_home, code="raise SystemExit('flaky')")
-    daemon = Daemon(instance, team, backends={"local": SubmitOutage()})
+    daemon = driver(instance, team, backends={"local": SubmitOutage()})
     daemon.tick_until(lambda: events(instance, FAILED))
     [failed] = events(instance, FAILED)
     assert "retry could not be submitted" in str(failed.asset_observation.description)  # type: ignore[union-attr]
@@ -232,7 +232,7 @@ def test_one_broken_job_does_not_stop_the_others(
         "pathlib.Path(os.environ['ML_ASSETS_OUTPUT_URI'], 'result.json').write_text('{oops')",
     )
     good = submit(instance, team, ml_home, code=WRITE_RESULT)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick_until(lambda: materializations(instance) and events(instance, FAILED))
     [failed] = events(instance, FAILED)
     assert failed.asset_observation.tags[JOB_ID_TAG] == broken.job_id  # type: ignore[union-attr]
@@ -249,7 +249,7 @@ def test_an_explicit_cancel_stops_the_job_and_is_recorded(
 ) -> None:
     team = clinical()
     handle = submit(instance, team, ml_home, code=SLEEPER)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick()
     result = build_cancel_job(team).execute_in_process(
         instance=instance,
@@ -281,7 +281,7 @@ def test_cancelling_the_submitting_run_cancels_the_job(
     run = submitting.execute_in_process(instance=instance).dagster_run
     handle = submit(instance, team, ml_home, code=SLEEPER, run_id=run.run_id)
     instance.report_run_canceled(run)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick_until(lambda: events(instance, CANCELLED))
     assert LocalBackend().poll([handle])[handle.job_id].state == JobState.CANCELLED
 
@@ -304,7 +304,7 @@ def test_a_job_that_fails_after_a_cancel_request_is_not_retried(
     team = clinical()
     gate, _ = gated(ml_home, "gate")
     handle = submit(instance, team, ml_home, code=wait_for_file(gate) + "\nraise SystemExit(9)")
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.tick()
     # The cancel is requested while the job is failing on its own; the failure wins the race.
     model = ModelContext(team, "tumor_classifier")
@@ -327,11 +327,11 @@ def test_a_job_of_a_model_removed_from_the_yaml_is_reported_and_dropped(
     renamed = clinical().model_copy(
         update={"models": {"tumor_classifier_v2": clinical().models["tumor_classifier"]}}
     )
-    daemon = Daemon(instance, clinical())
+    daemon = driver(instance, clinical())
     daemon.tick()
     cursor = ReconcilerCursor.parse(daemon.cursor)
     assert len(cursor.inflight) == 1
-    later = Daemon(instance, renamed)
+    later = driver(instance, renamed)
     later.cursor = daemon.cursor
     later.tick()
     assert ReconcilerCursor.parse(later.cursor).inflight == {}
@@ -346,7 +346,7 @@ def test_an_unreadable_cursor_is_rebuilt_from_the_event_log(
 ) -> None:
     team = clinical()
     handle = submit(instance, team, ml_home, code=WRITE_RESULT)
-    daemon = Daemon(instance, team)
+    daemon = driver(instance, team)
     daemon.cursor = "{not json"
     daemon.tick_until(lambda: materializations(instance))
     [record] = materializations(instance)
