@@ -2,7 +2,7 @@
 
 The daemon evaluates a tick, stores its asset events one by one and only then stores the new
 cursor. ``SensorDriver`` does the same against a real instance, and lets a test stop between the
-two steps to act out a crash.
+two steps to act out a crash (set ``cursor`` back to an earlier value).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class SensorDriver:
         self.sensor = sensor
         self.cursor: str | None = None
 
-    def tick(self, store_cursor: bool = True) -> dg.SensorResult:
-        """One tick: evaluate, store the events, then (unless told not to) the cursor."""
+    def tick(self) -> dg.SensorResult:
+        """One tick: evaluate, store the events, then the cursor."""
         context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
         result = self.sensor(context)
         if not isinstance(result, dg.SensorResult):
@@ -31,8 +31,7 @@ class SensorDriver:
             )
         for event in result.asset_events:
             self.instance.report_runless_asset_event(event)
-        if store_cursor:
-            self.cursor = result.cursor
+        self.cursor = result.cursor
         return result
 
     def tick_until(
