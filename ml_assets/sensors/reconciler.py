@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ CANCEL_REQUESTED = "cancel_requested"
 TERMINAL_EVENTS = {MATERIALIZED, RETRIED, FAILED, CANCELLED}
 LOG_TAIL_LINES = 40
 PAGE = 500
+SETTLE_SECONDS = 30.0
 logger = logging.getLogger(__name__)
 
 
@@ -92,23 +94,29 @@ class TickOutcome:
 def fold_events(
     instance: dg.DagsterInstance, team: TeamSpec, cursor: ReconcilerCursor
 ) -> ReconcilerCursor:
-    """Apply the job events stored after ``cursor.after`` to the in-flight set."""
+    """Apply the job events stored after ``cursor.after`` to the in-flight set.
+
+    The watermark only moves past events older than ``SETTLE_SECONDS``. PostgreSQL hands out
+    storage ids at insert but makes rows visible at commit, so a younger id can appear before an
+    older one; re-reading the last few seconds of events (folding is idempotent) means such a
+    late row is still seen.
+    """
     inflight = dict(cursor.inflight)
     after = cursor.after
+    settled_before = time.time() - SETTLE_SECONDS
     records: list[dg.EventLogRecord] = []
     for name in team.models:
         key = ModelContext(team, name).keys.trained
         records.extend(_records(instance.fetch_observations, key, cursor.after))
         records.extend(_records(instance.fetch_materializations, key, cursor.after))
+    settled = True
     for record in sorted(records, key=lambda r: r.storage_id):
-        after = max(after, record.storage_id)
+        settled = settled and record.timestamp < settled_before
+        if settled:
+            after = max(after, record.storage_id)
         try:
             _fold(record, inflight)
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-        ) as exc:  # e.g. a record written by an older release
+        except (KeyError, TypeError, ValueError) as exc:  # e.g. written by an older release
             logger.warning(f"ignoring unreadable job event {record.storage_id}: {exc!r}")
     return ReconcilerCursor(after=after, inflight=inflight)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+import ml_assets.sensors.reconciler as reconciler_module
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState
@@ -25,6 +26,7 @@ from ml_assets.sensors.reconciler import (
     SUBMITTED,
     ReconcilerCursor,
     build_reconciler_sensor,
+    fold_events,
 )
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 from ml_assets.testing.job_scripts import wait_for_file
@@ -351,3 +353,21 @@ def test_an_unreadable_cursor_is_rebuilt_from_the_event_log(
     daemon.tick_until(lambda: materializations(instance))
     [record] = materializations(instance)
     assert record.asset_materialization.tags[JOB_ID_TAG] == handle.job_id  # type: ignore[union-attr]
+
+
+def test_the_watermark_waits_for_events_to_settle(
+    instance: dg.DagsterInstance, ml_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recent events are read again next tick, so a row committed late is not skipped."""
+    team = clinical()
+    submit(instance, team, ml_home, code=SLEEPER)
+    [record] = events(instance, SUBMITTED)
+    fresh = fold_events(instance, team, ReconcilerCursor())
+    assert fresh.after < record.storage_id
+    assert len(fresh.inflight) == 1
+    again = fold_events(instance, team, fresh)  # re-reading the same events changes nothing
+    assert again.inflight == fresh.inflight
+    monkeypatch.setattr(reconciler_module, "SETTLE_SECONDS", -1.0)
+    settled = fold_events(instance, team, fresh)
+    assert settled.after == record.storage_id
+    LocalBackend().cancel(next(iter(settled.inflight.values())).handle)
