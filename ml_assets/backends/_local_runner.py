@@ -218,6 +218,11 @@ class _Runner:
             if (self.job_dir / CANCELLED_FILE).exists():
                 print("ml_assets local runner: cancelled before start", file=sys.stderr)
                 return 0
+            if (self.job_dir / EXIT_FILE).exists():
+                # poll() gave up waiting for this runner and reported the job failed; a retry
+                # may already be running, so starting now would run the job twice.
+                print("ml_assets local runner: abandoned before start", file=sys.stderr)
+                return 0
             if self.terminate_requested:
                 # Told to stop before the command ever started: record it like a kill.
                 print("ml_assets local runner: terminated before start", file=sys.stderr)

@@ -300,13 +300,32 @@ class LocalBackend:
         terminal = self._terminal_status(handle, job_dir)
         if terminal is not None:
             return terminal
-        if runner is None and now - self._launched_at(handle, job_dir) < self.start_timeout_s:
-            return status(JobState.QUEUED, "submitted; waiting for the runner to start")
+        if runner is None:
+            waited = now - self._launched_at(handle, job_dir)
+            if waited < self.start_timeout_s:
+                return status(JobState.QUEUED, "submitted; waiting for the runner to start")
+            return self._abandon(handle, job_dir, waited)
         return status(
             JobState.FAILED,
             "the runner process disappeared without an exit status (machine restart or "
             "kill -9?)" + _log_excerpt(job_dir),
         )
+
+    def _abandon(self, handle: JobHandle, job_dir: Path, waited: float) -> JobStatus:
+        """Give up on a runner that never started, and make sure it never starts later."""
+        with state_lock(job_dir):
+            started = (job_dir / RUNNER_FILE).exists()
+            if not started and not self._terminal_status(handle, job_dir):
+                write_json_atomic(
+                    job_dir / EXIT_FILE,
+                    {
+                        "returncode": None,
+                        "finished_at": time.time(),
+                        "reason": f"the runner did not start within {waited:.0f} s of "
+                        "submission (the submitting process died, or the machine is overloaded)",
+                    },
+                )
+        return self._status(handle, current_boot_id(), time.time())
 
     def _terminal_status(self, handle: JobHandle, job_dir: Path) -> JobStatus | None:
         if (job_dir / CANCELLED_FILE).exists():
@@ -317,6 +336,13 @@ class LocalBackend:
         if exit_doc is None:
             return None
         returncode = exit_doc.get("returncode")
+        if exit_doc.get("reason"):
+            return JobStatus(
+                job_id=handle.job_id,
+                state=JobState.FAILED,
+                message=str(exit_doc["reason"]),
+                progress=None,
+            )
         if returncode == 0:
             result = job_dir / RESULT_FILE
             if result.is_file():

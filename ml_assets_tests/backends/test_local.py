@@ -156,7 +156,18 @@ def test_runner_that_never_starts_is_queued_then_failed(
     assert backend.poll([handle])[handle.job_id].state == JobState.QUEUED
     status = wait_for(backend, [handle], timeout=15)[handle.job_id]
     assert status.state == JobState.FAILED
-    assert "disappeared" in status.message
+    assert "did not start within" in status.message
+
+    # A runner that turns up after that verdict must not start the job (a retry may be running).
+    late = subprocess.run(
+        [sys.executable, "-m", "ml_assets.backends._local_runner", str(tmp_path / "job")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "abandoned before start" in late.stderr
+    assert not (tmp_path / "job" / "result.json").exists()
+    assert backend.poll([handle])[handle.job_id].state == JobState.FAILED
 
 
 def test_progress_file_is_reported(
