@@ -10,26 +10,26 @@ its directory, whatever happens to the process that submitted it:
 - SIGTERM sent to the runner is forwarded to the command's process group, so cancelling
   reaches everything the command started.
 
-It also holds the small file primitives (``/proc`` parsing, atomic JSON, the state lock) that
-``ml_assets.backends.local`` shares with it. Standard library only: it runs for the whole life
+It also holds the ``/proc`` parsing and the state lock that ``ml_assets.backends.local`` shares
+with it. Standard library only: it runs for the whole life
 of every local job, so it must not pay for dagster, pydantic or anything else heavy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple
+
+from ml_assets.files import file_lock, read_json, write_json_atomic
 
 LAUNCH_FILE = "spec.json"
 HANDLE_FILE = "handle.json"
@@ -108,40 +108,6 @@ def current_boot_id() -> str | None:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:
         return None
-
-
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` so that readers see either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(document, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed).
-
-    ``flock`` rather than an ``O_EXCL`` marker file because the kernel drops it when its holder
-    dies, so a crash can never leave a job directory locked forever.
-    """
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def state_lock(job_dir: Path) -> AbstractContextManager[None]:

@@ -44,14 +44,12 @@ from ml_assets.backends._local_runner import (
     RUNNER_FILE,
     SUBMIT_LOCK_FILE,
     current_boot_id,
-    file_lock,
     process_group_is_alive,
     process_is_alive,
-    read_json,
     state_lock,
-    write_json_atomic,
 )
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus
+from ml_assets.files import file_lock, read_json, write_json_atomic
 
 RUNNER_MODULE = "ml_assets.backends._local_runner"
 

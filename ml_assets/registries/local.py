@@ -1,17 +1,17 @@
 """A model registry in plain files: the embedded default, needing no server.
 
 Layout under ``root``: ``<model_name>/<version>/`` holds the artifact and ``version.json``;
-``<model_name>/aliases.json`` maps alias names to versions. Version numbers are claimed with an
-atomic ``mkdir``, so two registrations at once never get the same number.
+``<model_name>/aliases.json`` maps alias names to versions. Registrations of one model take a file
+lock, so two at once never get the same number or register one job twice.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from ml_assets.files import file_lock, write_json_atomic
 from ml_assets.registries.base import ModelVersion, RegistrationRequest
 
 
@@ -24,21 +24,22 @@ class LocalRegistry:
         self.root = Path(root)
 
     def register(self, request: RegistrationRequest) -> ModelVersion:
+        (self.root / request.model_name).mkdir(parents=True, exist_ok=True)
+        # One registration per model at a time, so "already registered?" and "next number"
+        # cannot interleave.
+        with file_lock(self.root / request.model_name / ".lock"):
+            return self._register(request)
+
+    def _register(self, request: RegistrationRequest) -> ModelVersion:
         existing = next(
             (v for v in self.list_versions(request.model_name) if v.job_id == request.job_id), None
         )
         if existing is not None:
             return existing
         model_dir = self.root / request.model_name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        number = len(self._version_dirs(request.model_name)) + 1
-        while True:
-            version_dir = model_dir / str(number)
-            try:
-                version_dir.mkdir()
-                break
-            except FileExistsError:
-                number += 1
+        number = max((int(p.name) for p in self._version_dirs(request.model_name)), default=0) + 1
+        version_dir = model_dir / str(number)
+        version_dir.mkdir()
         artifact = version_dir / Path(request.artifact_path).name
         shutil.copy2(request.artifact_path, artifact)
         version = ModelVersion(
@@ -50,7 +51,9 @@ class LocalRegistry:
             metrics=request.metrics,
             lineage={**request.lineage, "params": request.params},
         )
-        _write_json(version_dir / "version.json", version.model_dump(exclude={"aliases"}))
+        write_json_atomic(
+            version_dir / "version.json", version.model_dump(mode="json", exclude={"aliases"})
+        )
         return version
 
     def list_versions(self, model_name: str) -> list[ModelVersion]:
@@ -68,9 +71,10 @@ class LocalRegistry:
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
         if not (self.root / model_name / version / "version.json").exists():
             raise ValueError(f"{model_name} has no version {version} in {self.root}")
-        aliases = self._aliases(model_name)
-        aliases[alias] = version
-        _write_json(self.root / model_name / "aliases.json", aliases)
+        with file_lock(self.root / model_name / ".lock"):
+            aliases = self._aliases(model_name)
+            aliases[alias] = version
+            write_json_atomic(self.root / model_name / "aliases.json", aliases)
 
     def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
         version = self._aliases(model_name).get(alias)
@@ -87,9 +91,3 @@ class LocalRegistry:
     def _aliases(self, model_name: str) -> dict[str, str]:
         path = self.root / model_name / "aliases.json"
         return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

@@ -33,9 +33,7 @@ class MlflowRegistry:
         import mlflow.sklearn
         import sklearn
 
-        existing = next(
-            (v for v in self.list_versions(request.model_name) if v.job_id == request.job_id), None
-        )
+        existing = self._by_job(request.model_name, request.job_id)
         if existing is not None:
             return existing
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -65,6 +63,13 @@ class MlflowRegistry:
             tags={JOB_ID_TAG: request.job_id, **lineage_tags},
         )
         return self._version(created, request.model_name)
+
+    def _by_job(self, model_name: str, job_id: str) -> ModelVersion | None:
+        """The version a training job already registered, found by its tag in one query."""
+        found = self._client().search_model_versions(
+            filter_string=f"name = '{model_name}' and tags.`{JOB_ID_TAG}` = '{job_id}'"
+        )
+        return self._version(found[0], model_name) if found else None
 
     def list_versions(self, model_name: str) -> list[ModelVersion]:
         client = self._client()

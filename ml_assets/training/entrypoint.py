@@ -41,6 +41,7 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from ml_assets.datasets import file_sha256
 from ml_assets.evaluation import TrainedModel, predict_scores
 from ml_assets.features import feature_columns
+from ml_assets.files import write_json_atomic
 from ml_assets.training.trainers import build_estimator
 
 MODEL_FILE = "model.joblib"
@@ -75,15 +76,6 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    _write_atomically(path, write)
 
 
 def _local_path(uri: str, key: str) -> Path:
@@ -139,7 +131,7 @@ class _Progress:
 
     def __call__(self, fraction: float, message: str) -> None:
         self.fraction = fraction
-        _write_json(self.path, {"fraction": fraction, "message": message})
+        write_json_atomic(self.path, {"fraction": fraction, "message": message})
         _say(f"{fraction:4.0%} {message}")
 
 
@@ -236,7 +228,7 @@ def _train(
         "rows_holdout": rows_holdout,
         "duration_seconds": round(time.monotonic() - started, 3),
     }
-    _write_json(output / RESULT_FILE, result)
+    write_json_atomic(output / RESULT_FILE, result)
     progress(1.0, "done: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return result
 
