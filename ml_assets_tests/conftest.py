@@ -10,11 +10,18 @@ import pytest
 
 
 @pytest.fixture
-def ml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ML_ASSETS_HOME for one test."""
+def ml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh ML_ASSETS_HOME for one test; local jobs still running afterwards are cancelled,
+    so a failing test leaves no detached process behind."""
     home = tmp_path / "ml_home"
     monkeypatch.setenv("ML_ASSETS_HOME", str(home))
-    return home
+    yield home
+    from ml_assets.backends.base import JobHandle
+    from ml_assets.backends.local import LocalBackend
+
+    backend = LocalBackend()
+    for recorded in home.glob("jobs/*/*/*/handle.json"):
+        backend.cancel(JobHandle.model_validate_json(recorded.read_text()))
 
 
 @pytest.fixture

@@ -254,15 +254,20 @@ def _stop_dagster_dev(process: subprocess.Popen[bytes]) -> str | None:
 
 
 def _cancel_training_jobs(ml_home: Path) -> list[str]:
-    """Cancel every training job under ``ml_home`` (finished jobs are left as they are)."""
+    """Cancel the training jobs under ``ml_home`` that are still running; their ids."""
     backend = LocalBackend()
-    cancelled = []
+    handles = []
     for handle_file in sorted((ml_home / "jobs").glob(f"**/{HANDLE_FILE}")):
         document = read_json(handle_file)
-        if document is None:
-            continue
-        handle = JobHandle.model_validate(document)
-        if handle.backend == backend.name:
+        if document is not None:
+            handle = JobHandle.model_validate(document)
+            if handle.backend == backend.name:
+                handles.append(handle)
+    statuses = backend.poll(handles) if handles else {}
+    cancelled = []
+    for handle in handles:
+        status = statuses.get(handle.job_id)
+        if status is None or not status.state.is_terminal:
             backend.cancel(handle)
             cancelled.append(handle.job_id)
     return cancelled

@@ -208,7 +208,9 @@ def materialize_group_from_ui(page: Page, dev: DagsterDev) -> str:
     match = LAUNCHED_TOAST.search(launched.inner_text())
     assert match, f"unexpected launch message: {launched.inner_text()!r}"
     prefix = match.group(1)
-    return wait_for(dev, f"the run {prefix}… in the run list", lambda: find_run(dev, prefix), LAUNCH_TIMEOUT_S)
+    return wait_for(
+        dev, f"the run {prefix}… in the run list", lambda: find_run(dev, prefix), LAUNCH_TIMEOUT_S
+    )
 
 
 def save_screenshot(page: Page, path: Path, *, full_page: bool = False) -> None:
@@ -269,7 +271,7 @@ def test_materialize_all_from_the_ui_trains_evaluates_and_registers(
     assert evaluation_run.status == "SUCCESS", f"the automation's run: {evaluation_run}"
     assert evaluation_run.tags.get("dagster/sensor_name") == AUTOMATION_SENSOR
     assert evaluation.metadata.get("model_job_id") == job_id
-    assert evaluation.metadata.get("passed") is True, evaluation.metadata.get("failures")
+    assert evaluation.metadata.get("passed") is True, evaluation.metadata.get("verdict")
     roc_auc = evaluation.metadata.get("roc_auc")
     assert isinstance(roc_auc, float), evaluation.metadata
     assert roc_auc > MIN_ROC_AUC
