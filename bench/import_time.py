@@ -18,10 +18,7 @@ TARGETS = {
     "fraud location": "ml_assets.teams.fraud.definitions",
     "clinical location": "ml_assets.teams.clinical.definitions",
 }
-PROBE = (
-    "import time; t = time.perf_counter(); import {module}; "
-    "print(time.perf_counter() - t)"
-)
+PROBE = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
 
 def measure(module: str, repeat: int) -> float:

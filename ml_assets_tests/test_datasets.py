@@ -23,8 +23,6 @@ from ml_assets.datasets import (
 CARD_ROWS = 50_000
 
 
-
-
 @pytest.fixture(scope="module")
 def card_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("card") / "card.parquet"
@@ -35,8 +33,6 @@ def card_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def card(card_path: Path) -> pd.DataFrame:
     return pd.read_parquet(card_path)
-
-
 
 
 def test_sources_names_both_builders() -> None:

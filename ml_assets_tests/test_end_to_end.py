@@ -129,9 +129,7 @@ def test_a_model_below_its_thresholds_is_never_registered(
     assert not result.success
     evaluation = _values(_latest(instance, keys.evaluation))
     assert evaluation["passed"] is False
-    assert "roc_auc" in str(evaluation["verdict"]) and "< min 0.9999" in str(
-        evaluation["verdict"]
-    )
+    assert "roc_auc" in str(evaluation["verdict"]) and "< min 0.9999" in str(evaluation["verdict"])
     assert instance.get_latest_materialization_event(keys.registered) is None
     registry = registry_for(load_team_spec(strict), instance)
     assert registry.list_versions("clinical.tumor_classifier") == []

@@ -29,8 +29,6 @@ Y_TRUE = [0, 0, 0, 1, 1, 1]
 Y_SCORE = [0.1, 0.6, 0.3, 0.7, 0.4, 0.9]
 
 
-
-
 def test_metric_names() -> None:
     assert set(METRICS) == {
         "roc_auc", "average_precision", "accuracy", "precision", "recall", "f1", "log_loss",

@@ -76,8 +76,6 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-
-
 def _local_path(uri: str, key: str) -> Path:
     if uri.startswith("file://"):
         uri = uri[len("file://") :]

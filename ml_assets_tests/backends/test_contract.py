@@ -25,12 +25,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(60)
 
 
-
-
-
-
-
-
 def append_line(path: Path) -> str:
     return f"open({str(path)!r}, 'a').write('ran\\n')"
 

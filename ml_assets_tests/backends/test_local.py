@@ -43,15 +43,11 @@ def spec_in(directory: Path | str, command: list[str], key: str, **extra: object
     )
 
 
-
-
 WRITE_RESULT = (
     "import json, os; "
     "json.dump({'ok': True}, open(os.path.join(os.environ['ML_ASSETS_OUTPUT_URI'], "
     "'result.json'), 'w'))"
 )
-
-
 
 
 @pytest.fixture
