@@ -66,6 +66,12 @@ def test_pipeline_ends_with_an_evaluated_registered_model(
     features = _values(_latest(instance, keys.features))
     features_version = file_sha256(str(features["path"]))
     assert trained["input_data_versions"] == {keys.features.to_user_string(): features_version}
+    # Dagster's own provenance agrees, so the UI does not flag the model as stale.
+    provenance = dg.DataProvenance.from_tags(_latest(instance, keys.trained).tags or {})
+    assert provenance is not None and provenance.has_input_asset(keys.features)
+    assert provenance.input_data_versions[keys.features] == dg.DataVersion(features_version)
+    code_versions = defs.resolve_asset_graph().get(keys.trained).code_version
+    assert provenance.code_version == code_versions
 
     # The automation sensor's next tick asks for evaluation and registration, once.
     automation = dg.evaluate_automation_conditions(

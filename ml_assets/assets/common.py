@@ -105,4 +105,5 @@ def latest_metadata(
         )
     values = {name: value.value for name, value in chosen.asset_materialization.metadata.items()}
     values["__run_id__"] = chosen.run_id
+    values["__storage_id__"] = chosen.storage_id
     return values

@@ -68,6 +68,7 @@ def submission_event(
     run_id: str,
     attempt: int,
     code_version: str | None,
+    features_storage_id: int | None,
 ) -> dg.AssetObservation:
     """The durable record of a job in flight: what the sensor needs to find it again, and the
     exact spec, so that a retry reruns the same job even if the team's YAML changed since."""
@@ -77,6 +78,7 @@ def submission_event(
         "run_id": run_id,
         "attempt": attempt,
         "code_version": code_version or "",
+        "features_storage_id": features_storage_id,
     }
     return dg.AssetObservation(
         asset_key=model.keys.trained,
@@ -132,6 +134,7 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
                 run_id=context.run_id,
                 attempt=1,
                 code_version=context.assets_def.code_versions_by_key.get(keys.trained),
+                features_storage_id=features["__storage_id__"],
             )
         except BaseException:
             # The run was terminated while recording the job: leave nothing running untracked.

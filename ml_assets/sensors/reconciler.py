@@ -26,6 +26,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
+    INPUT_EVENT_POINTER_TAG_PREFIX,
     get_input_data_version_tag,
 )
 from pydantic import BaseModel, Field
@@ -58,6 +59,7 @@ class InFlight(BaseModel):
     run_id: str
     attempt: int
     code_version: str = ""
+    features_storage_id: int | None = None
     cancel_requested: bool = False
     last_seen: str = ""
 
@@ -138,6 +140,7 @@ def _fold(record: dg.EventLogRecord, inflight: dict[str, InFlight]) -> None:
             run_id=job["run_id"],
             attempt=job["attempt"],
             code_version=job.get("code_version", ""),
+            features_storage_id=job.get("features_storage_id"),
         )
     elif kind == CANCEL_REQUESTED and job_id in inflight:
         inflight[job_id] = inflight[job_id].model_copy(update={"cancel_requested": True})
@@ -327,6 +330,7 @@ class Reconciler:
                 run_id=job.run_id,
                 attempt=attempt,
                 code_version=job.code_version,
+                features_storage_id=job.features_storage_id,
             )
         )
         self._finish(
@@ -353,6 +357,9 @@ class Reconciler:
             # Dagster's own lineage tags, so staleness and code versions show in the UI.
             CODE_VERSION_TAG: job.code_version,
             get_input_data_version_tag(features_key): str(result["data_version"]),
+            get_input_data_version_tag(features_key, INPUT_EVENT_POINTER_TAG_PREFIX): str(
+                job.features_storage_id or ""
+            ),
         }
         return dg.AssetMaterialization(
             asset_key=model.keys.trained,

@@ -75,7 +75,15 @@ def submit(
         spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
     handle = LocalBackend().submit(spec)
     instance.report_runless_asset_event(
-        submission_event(model, handle, spec, run_id=run_id, attempt=1, code_version="v1")
+        submission_event(
+            model,
+            handle,
+            spec,
+            run_id=run_id,
+            attempt=1,
+            code_version="v1",
+            features_storage_id=None,
+        )
     )
     return handle
 
