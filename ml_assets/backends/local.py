@@ -326,44 +326,33 @@ class LocalBackend:
         return self._status(handle, current_boot_id(), time.time())
 
     def _terminal_status(self, handle: JobHandle, job_dir: Path) -> JobStatus | None:
+        def failed(message: str) -> JobStatus:
+            return JobStatus(job_id=handle.job_id, state=JobState.FAILED, message=message)
+
         if (job_dir / CANCELLED_FILE).exists():
-            return JobStatus(
-                job_id=handle.job_id, state=JobState.CANCELLED, message="cancelled", progress=None
-            )
+            return JobStatus(job_id=handle.job_id, state=JobState.CANCELLED, message="cancelled")
         exit_doc = read_json(job_dir / EXIT_FILE)
         if exit_doc is None:
             return None
-        returncode = exit_doc.get("returncode")
         if exit_doc.get("reason"):
-            return JobStatus(
-                job_id=handle.job_id,
-                state=JobState.FAILED,
-                message=str(exit_doc["reason"]),
-                progress=None,
+            return failed(str(exit_doc["reason"]))
+        returncode = exit_doc.get("returncode")
+        if returncode != 0:
+            return failed(
+                f"the job exited with return code {returncode}{_signal_note(returncode)}"
+                + _log_excerpt(job_dir)
             )
-        if returncode == 0:
-            result = job_dir / RESULT_FILE
-            if result.is_file():
-                return JobStatus(
-                    job_id=handle.job_id,
-                    state=JobState.SUCCEEDED,
-                    message="succeeded",
-                    progress=1.0,
-                    result_uri=str(result),
-                )
-            return JobStatus(
-                job_id=handle.job_id,
-                state=JobState.FAILED,
-                message=f"the job exited 0 without writing result.json to {job_dir}"
-                + _log_excerpt(job_dir),
-                progress=None,
+        result = job_dir / RESULT_FILE
+        if not result.is_file():
+            return failed(
+                f"the job exited 0 without writing result.json to {job_dir}" + _log_excerpt(job_dir)
             )
         return JobStatus(
             job_id=handle.job_id,
-            state=JobState.FAILED,
-            message=f"the job exited with return code {returncode}{_signal_note(returncode)}"
-            + _log_excerpt(job_dir),
-            progress=None,
+            state=JobState.SUCCEEDED,
+            message="succeeded",
+            progress=1.0,
+            result_uri=str(result),
         )
 
     def _running_status(
