@@ -103,7 +103,13 @@ def latest_metadata(
                 "(its code location's 'Materialize' button, or `dagster asset materialize`)."
             )
         )
-    values = {name: value.value for name, value in chosen.asset_materialization.metadata.items()}
-    values["__run_id__"] = chosen.run_id
-    values["__storage_id__"] = chosen.storage_id
+    return record_values(chosen)
+
+
+def record_values(record: dg.EventLogRecord) -> dict[str, Any]:
+    """A materialization record's metadata as plain values, plus its run and storage ids."""
+    event = record.asset_materialization
+    values = {name: value.value for name, value in event.metadata.items()} if event else {}
+    values["__run_id__"] = record.run_id
+    values["__storage_id__"] = record.storage_id
     return values

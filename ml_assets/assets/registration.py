@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from ml_assets import storage
-from ml_assets.assets.common import ModelContext, code_version, latest_metadata
+from ml_assets.assets.common import ModelContext, code_version, latest_metadata, record_values
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import ModelRegistry, RegistrationRequest
 from ml_assets.teams.spec import TeamSpec
@@ -118,12 +118,5 @@ def _materialization_with_version(
     instance: dg.DagsterInstance, key: dg.AssetKey, version: str, search: int = 200
 ) -> dict[str, Any] | None:
     records = instance.fetch_materializations(key, limit=search).records
-    for record in records:
-        event = record.asset_materialization
-        if event is None:
-            continue
-        values = {name: value.value for name, value in event.metadata.items()}
-        if values.get("data_version") == version:
-            values["__run_id__"] = record.run_id
-            return values
-    return None
+    matches = (record_values(r) for r in records if r.asset_materialization is not None)
+    return next((values for values in matches if values.get("data_version") == version), None)
