@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-ML_LIBRARIES = ["numpy", "pandas", "pyarrow", "sklearn", "matplotlib", "joblib", "mlflow"]
-CLOUD_SDKS = ["boto3", "kubernetes", "google.cloud", "databricks", "wandb"]
+ML_LIBRARIES = ["numpy", "pandas", "pyarrow", "sklearn", "matplotlib", "joblib", "mlflow", "torch"]
+# google-cloud-aiplatform installs a .pth that imports the empty `google.cloud` namespace at
+# start-up, so the SDKs themselves are named.
+CLOUD_SDKS = [
+    "boto3",
+    "kubernetes",
+    "google.cloud.storage",
+    "google.cloud.aiplatform",
+    "databricks.sdk",
+    "wandb",
+]
 
 
 def imported(module: str, candidates: list[str]) -> list[str]:

@@ -19,7 +19,6 @@ from ml_assets.assets.common import (
     code_version,
     latest_metadata,
 )
-from ml_assets.backends import load_backend
 from ml_assets.backends.base import JobHandle, JobSpec, idempotency_key, job_name_for
 
 TRAINING_LOGIC_VERSION = "1"
@@ -120,7 +119,7 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             features_uri=str(features["path"]),
             home=storage.home(context.instance),
         )
-        backend = load_backend(spec.backend)
+        backend = model.team.load_backend(spec.backend)
         handle = backend.submit(job_spec)
         try:
             context.log.info(

@@ -1,25 +1,43 @@
 """Compute backends: one module per backend behind the ``Backend`` protocol in ``base``.
 
-``BACKENDS`` maps the name a team writes in its YAML to the class that implements it. Classes
-are imported only when a backend is actually used, so a team location never pays for SDKs it
-does not use.
+``BACKENDS`` maps the name a team writes in its YAML to the ``BackendResource`` that holds the
+backend's typed settings and builds it. Modules are imported only when a backend is used, and
+each SDK only inside its backend, so a team location never pays for SDKs it does not use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ml_assets.plugins import load_plugin
+from ml_assets.plugins import plugin_class
 
 if TYPE_CHECKING:
     from ml_assets.backends.base import Backend
+    from ml_assets.backends.resource import BackendResource
 
 BACKENDS: dict[str, str] = {
-    "local": "ml_assets.backends.local:LocalBackend",
+    "local": "ml_assets.backends.resource:LocalBackendResource",
+    "kubernetes": "ml_assets.backends.kubernetes:KubernetesBackendResource",
+    "sagemaker": "ml_assets.backends.sagemaker:SageMakerBackendResource",
+    "vertex": "ml_assets.backends.vertex:VertexBackendResource",
+    "databricks": "ml_assets.backends.databricks:DatabricksBackendResource",
 }
 
 
-def load_backend(name: str, **settings: Any) -> Backend:
-    """Instantiate the backend registered under ``name`` with its settings."""
-    backend: Backend = load_plugin(BACKENDS, name, "backend", **settings)
-    return backend
+def backend_resource(name: str, settings: dict[str, Any] | None = None) -> BackendResource:
+    """The resource for backend ``name`` from its YAML settings (``{env: X}`` → ``EnvVar``).
+
+    Raises pydantic's ``ValidationError`` for settings that do not fit the backend.
+    """
+    from ml_assets.backends.resource import with_env_vars
+
+    cls = plugin_class(BACKENDS, name, "backend")
+    resource: BackendResource = cls(**with_env_vars(settings or {}))
+    return resource
+
+
+def load_backend(name: str, settings: dict[str, Any] | None = None) -> Backend:
+    """The ready-to-use backend ``name``, its EnvVar settings read from the environment."""
+    from ml_assets.backends.resource import initialized
+
+    return initialized(backend_resource(name, settings)).get_backend()

@@ -4,7 +4,6 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.backends import load_backend
 from ml_assets.sensors.reconciler import CANCEL_REQUESTED, ReconcilerCursor, fold_events
 from ml_assets.teams.spec import TeamSpec
 
@@ -38,7 +37,7 @@ def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
             context.log.warning(f"{config.model} has no training job in flight to cancel")
         key = ModelContext(team, config.model).keys.trained
         for job in targets:
-            load_backend(job.handle.backend).cancel(job.handle)
+            team.load_backend(job.handle.backend).cancel(job.handle)
             context.log.info(f"cancel requested for {job.handle.job_id} on {job.handle.backend}")
             context.log_event(
                 dg.AssetObservation(

@@ -33,7 +33,6 @@ from pydantic import BaseModel, Field
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event
-from ml_assets.backends import load_backend
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.teams.spec import TeamSpec
 
@@ -172,7 +171,7 @@ class Reconciler:
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = load_backend(name)
+            self._backends[name] = self.team.load_backend(name)
         return self._backends[name]
 
     def tick(self, instance: dg.DagsterInstance, raw_cursor: str | None) -> TickOutcome:

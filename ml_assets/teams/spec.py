@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml_assets.backends import BACKENDS
-from ml_assets.backends.base import Resources
+from ml_assets.backends import BACKENDS, backend_resource, load_backend
+from ml_assets.backends.base import Backend, Resources
 from ml_assets.datasets import SOURCES
 from ml_assets.evaluation import threshold_key_is_valid
 from ml_assets.features import FEATURE_SETS
@@ -116,6 +116,11 @@ class TeamSpec(_Spec):
     description: str = ""
     owners: list[str] = Field(min_length=1, description="Emails or 'team:<name>' entries.")
     allowed_backends: list[str] = Field(default_factory=lambda: ["local"])
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings per backend, e.g. kubernetes: {namespace: ..., image: ...}; "
+        "a value written {env: NAME} is read from the environment variable NAME.",
+    )
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     models: dict[Identifier, ModelSpec] = Field(min_length=1)
 
@@ -135,7 +140,28 @@ class TeamSpec(_Spec):
                     f"backend {model.backend!r} is not in this team's allowed_backends "
                     f"{self.allowed_backends}",
                 )
+        for name in self.backends:
+            if name not in self.allowed_backends:
+                raise _FieldError(
+                    ("backends", name),
+                    f"settings for backend {name!r}, which is not in allowed_backends "
+                    f"{self.allowed_backends}",
+                )
+        for name in self.allowed_backends:
+            try:
+                backend_resource(name, self.backends.get(name))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where: tuple[str | int, ...] = ("backends", name, *first["loc"])
+                message = _plain(first["msg"])
+                if name not in self.backends:
+                    message += f" (backend {name!r} needs a backends.{name} section)"
+                raise _FieldError(where, message) from None
         return self
+
+    def load_backend(self, name: str) -> Backend:
+        """The team's backend ``name``, built from its ``backends`` settings."""
+        return load_backend(name, self.backends.get(name))
 
     @property
     def owner_tags(self) -> list[str]:

@@ -14,9 +14,10 @@ and writes into ``output_uri``:
 renamed), so its presence is the success signal a backend polls for. On failure the traceback
 goes to stderr, the exit status is non-zero and there is no ``result.json``.
 
-This module runs where neither dagster nor any cloud SDK is installed; only local paths (or
-``file://`` URIs) are read and written, and staging to or from object storage is the backend's
-job.
+This module runs where neither dagster nor any cloud SDK is installed: it writes local files only
+(``ml_assets.training.stage`` ships them to object storage on remote backends), and reads local
+paths, or downloads a remote ``features_uri`` through ``ml_assets.transport``, which imports the
+store's SDK only then.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def _local_path(uri: str, key: str) -> Path:
             "files only (the compute backend stages remote data)"
         )
     return Path(uri).expanduser().resolve()
+
+
+def _input_path(uri: str) -> Path:
+    """A local copy of an input: the path itself, or a download from object storage."""
+    if ("://" in uri and not uri.startswith("file://")) or uri.startswith("dbfs:/"):
+        from ml_assets import transport  # the cloud SDK is imported only for remote inputs
+
+        _say(f"downloading {uri}")
+        return transport.fetch(uri)
+    return _local_path(uri, "features_uri")
 
 
 def parse_job(job: Any) -> dict[str, Any]:
@@ -167,7 +178,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _train(
     spec: dict[str, Any], output: Path, progress: _Progress, started: float
 ) -> dict[str, Any]:
-    features_path = _local_path(spec["features_uri"], "features_uri")
+    features_path = _input_path(spec["features_uri"])
     # Hashing first pins the version to the bytes this job read: features files are immutable
     # per run, so the hash and the parsed table describe the same file.
     data_version = file_sha256(features_path)

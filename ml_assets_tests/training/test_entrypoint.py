@@ -151,7 +151,7 @@ def test_single_class_training_rows_are_an_error(tmp_path: Path) -> None:
         ({"hyperparameter": {}}, "unknown keys: hyperparameter"),
         ({"seed": "1"}, "seed must be an integer"),
         ({"hyperparameters": [1]}, "hyperparameters must be an object"),
-        ({"features_uri": "s3://bucket/features.parquet"}, "not a local path"),
+        ({"output_uri": "s3://bucket/out"}, "not a local path"),
     ],
 )
 def test_bad_job_documents(tmp_path: Path, change: dict, message: str) -> None:
