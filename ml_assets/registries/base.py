@@ -39,11 +39,29 @@ class ModelVersion(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
     aliases: list[str] = Field(default_factory=list)
+    notes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON values added after registration with ``annotate`` (e.g. the "
+        "promotion decision), keyed by name.",
+    )
+
+
+# The aliases the promotion flow moves. A registry without aliases maps them to its own notion
+# of stage (e.g. SageMaker's approval status for PRODUCTION).
+CHALLENGER = "challenger"
+PRODUCTION = "production"
+ARCHIVED = "archived"
 
 
 @runtime_checkable
 class ModelRegistry(Protocol):
-    """Register versions, point aliases (e.g. ``champion``) at them and read them back."""
+    """Register versions, point aliases (``challenger``, ``production``...) at them, read back.
+
+    - ``register`` is idempotent on ``request.job_id``.
+    - ``list_versions`` returns versions oldest first; versions are numbered "1", "2"...
+    - An alias names at most one version of a model; ``set_alias`` moves it.
+    - ``annotate`` merges ``notes`` into a version's notes (a later value for a name wins).
+    """
 
     name: str
 
@@ -51,6 +69,12 @@ class ModelRegistry(Protocol):
 
     def list_versions(self, model_name: str) -> list[ModelVersion]: ...
 
+    def get_version(self, model_name: str, version: str) -> ModelVersion | None: ...
+
     def set_alias(self, model_name: str, version: str, alias: str) -> None: ...
 
+    def delete_alias(self, model_name: str, alias: str) -> None: ...
+
     def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None: ...
+
+    def annotate(self, model_name: str, version: str, notes: dict[str, Any]) -> None: ...

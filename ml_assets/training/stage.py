@@ -11,8 +11,9 @@ directory to ``URI`` (``s3://``, ``gs://``, ``dbfs:/`` or a path, see ``ml_asset
 * when it ends: every file, ``result.json`` last, so a result that is visible is complete; on a
   non-zero exit also ``failure.json`` = ``{"returncode", "message"}`` with the last log lines.
 
-It exits with the command's status (``128 + signal`` if it was killed). SIGTERM and SIGINT are
-passed on to the command's process group, and what the command wrote is still uploaded.
+It exits with the command's status (``128 + signal`` if it was killed). The command stays in this
+process's group; SIGTERM and SIGINT sent to this process alone are passed on to it, and what it
+wrote is still uploaded.
 """
 
 from __future__ import annotations
@@ -97,12 +98,14 @@ def run(command: list[str], output_uri: str, sync_seconds: float = 10.0) -> int:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
 
             def forward(signum: int, _frame: FrameType | None) -> None:
+                # The command shares this process group, so a signal to the group (a pod's
+                # termination, a fake's cancel) reaches it directly; this covers a signal sent
+                # to this process alone.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signum)
+                    os.kill(child.pid, signum)
 
             previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
             syncer.start()

@@ -1,8 +1,9 @@
 """Harnesses for the shared backend contract suite (``test_contract.py``).
 
 Every backend is tested by the same contract tests through a ``BackendHarness``. To add a
-backend, write a fixture that returns its harness (its backend object plus whatever fake server
-it needs) and append the fixture's name to ``HARNESS_FIXTURES``; the tests need no change.
+backend, write a module ``harness_<backend>.py`` here with a fixture named ``<backend>_harness``
+that yields its harness (its backend object plus whatever fake server it needs); the tests need
+no change.
 
 What the contract tests assume of every harness:
 
@@ -15,11 +16,12 @@ What the contract tests assume of every harness:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +29,32 @@ import pytest
 
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus
 from ml_assets.backends.local import LocalBackend, local_path
+from ml_assets.testing.harness import BackendHarness
 
 
-@dataclass
-class BackendHarness:
-    """One backend under test, plus what the contract tests need to drive it.
+def _load_harness_modules() -> list[str]:
+    """Import every ``harness_<backend>.py`` beside this file and adopt its ``*_harness`` fixtures.
 
-    Attributes:
-        name: short label shown in test ids.
-        backend: the backend object the tests submit through.
-        new_backend: builds a fresh, independent backend object (as a restarted process
-            would), to show a job can be re-attached from its handle alone.
-        make_spec: ``(command, key) -> JobSpec`` with an output location this backend can use.
-        read_result: reads the JSON document at a ``JobStatus.result_uri``.
-        scratch: a local directory that both jobs and the test can read and write.
+    Each remote backend keeps its harness (fake server and all) in its own module; a fixture
+    object bound to a name in this conftest is a fixture for the whole directory.
     """
+    names = []
+    for path in sorted(Path(__file__).parent.glob("harness_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_ml_assets_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        for name, value in vars(module).items():
+            if name.endswith("_harness") and callable(value):
+                globals()[name] = value
+                names.append(name)
+    return names
 
-    name: str
-    backend: Backend
-    new_backend: Callable[[], Backend]
-    make_spec: Callable[[list[str], str], JobSpec]
-    read_result: Callable[[str], dict[str, Any]]
-    scratch: Path
 
-
-# Fixture names of every harness the contract suite runs against. Append new backends here.
-HARNESS_FIXTURES: list[str] = ["local_harness"]
+# Fixture names of every harness the contract suite runs against: local, then every fixture
+# named ``*_harness`` in a ``harness_*.py`` module of this directory.
+HARNESS_FIXTURES: list[str] = ["local_harness", *_load_harness_modules()]
 
 
 def _slug(key: str) -> str:

@@ -1,0 +1,32 @@
+"""The harness the shared backend contract suite drives each backend through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ml_assets.backends.base import Backend, JobSpec
+
+
+@dataclass
+class BackendHarness:
+    """One backend under test, plus what the contract tests need to drive it.
+
+    Attributes:
+        name: short label shown in test ids.
+        backend: the backend object the tests submit through.
+        new_backend: builds a fresh, independent backend object (as a restarted process
+            would), to show a job can be re-attached from its handle alone.
+        make_spec: ``(command, key) -> JobSpec`` with an output location this backend can use.
+        read_result: reads the JSON document at a ``JobStatus.result_uri``.
+        scratch: a local directory that both jobs and the test can read and write.
+    """
+
+    name: str
+    backend: Backend
+    new_backend: Callable[[], Backend]
+    make_spec: Callable[[list[str], str], JobSpec]
+    read_result: Callable[[str], dict[str, Any]]
+    scratch: Path
