@@ -1,8 +1,9 @@
 """A model registry in plain files: the embedded default, needing no server.
 
-Layout under ``root``: ``<model_name>/<version>/`` holds the artifact and ``version.json``;
-``<model_name>/aliases.json`` maps alias names to versions. Registrations of one model take a file
-lock, so two at once never get the same number or register one job twice.
+Layout under ``root``: ``<model_name>/<version>/`` holds the artifact, ``version.json`` and the
+``notes.json`` that ``annotate`` writes; ``<model_name>/aliases.json`` maps alias names to versions.
+Registrations of one model take a file lock, so two at once never get the same number or register
+one job twice.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ml_assets.files import file_lock, write_json_atomic
 from ml_assets.registries.base import ModelVersion, RegistrationRequest
@@ -52,7 +54,8 @@ class LocalRegistry:
             lineage={**request.lineage, "params": request.params},
         )
         write_json_atomic(
-            version_dir / "version.json", version.model_dump(mode="json", exclude={"aliases"})
+            version_dir / "version.json",
+            version.model_dump(mode="json", exclude={"aliases", "notes"}),
         )
         return version
 
@@ -63,22 +66,51 @@ class LocalRegistry:
             document = version_dir / "version.json"
             if not document.exists():  # a registration still copying its artifact
                 continue
-            data = json.loads(document.read_text())
-            data["aliases"] = sorted(a for a, v in aliases.items() if v == data["version"])
-            versions.append(ModelVersion.model_validate(data))
+            versions.append(self._read(version_dir, aliases))
         return versions
 
+    def get_version(self, model_name: str, version: str) -> ModelVersion | None:
+        version_dir = self.root / model_name / version
+        if not version.isdigit() or not (version_dir / "version.json").exists():
+            return None
+        return self._read(version_dir, self._aliases(model_name))
+
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
-        if not (self.root / model_name / version / "version.json").exists():
-            raise ValueError(f"{model_name} has no version {version} in {self.root}")
+        self._require(model_name, version)
         with file_lock(self.root / model_name / ".lock"):
             aliases = self._aliases(model_name)
             aliases[alias] = version
             write_json_atomic(self.root / model_name / "aliases.json", aliases)
 
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        if not (self.root / model_name).is_dir():
+            return
+        with file_lock(self.root / model_name / ".lock"):
+            aliases = self._aliases(model_name)
+            if aliases.pop(alias, None) is not None:
+                write_json_atomic(self.root / model_name / "aliases.json", aliases)
+
     def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
         version = self._aliases(model_name).get(alias)
-        return next((v for v in self.list_versions(model_name) if v.version == version), None)
+        return self.get_version(model_name, version) if version else None
+
+    def annotate(self, model_name: str, version: str, notes: dict[str, Any]) -> None:
+        self._require(model_name, version)
+        with file_lock(self.root / model_name / ".lock"):
+            path = self.root / model_name / version / "notes.json"
+            current = json.loads(path.read_text()) if path.exists() else {}
+            write_json_atomic(path, {**current, **notes})
+
+    def _require(self, model_name: str, version: str) -> None:
+        if self.get_version(model_name, version) is None:
+            raise ValueError(f"{model_name} has no version {version} in {self.root}")
+
+    def _read(self, version_dir: Path, aliases: dict[str, str]) -> ModelVersion:
+        data = json.loads((version_dir / "version.json").read_text())
+        data["aliases"] = sorted(a for a, v in aliases.items() if v == data["version"])
+        notes = version_dir / "notes.json"
+        data["notes"] = json.loads(notes.read_text()) if notes.exists() else {}
+        return ModelVersion.model_validate(data)
 
     def _version_dirs(self, model_name: str) -> list[Path]:
         model_dir = self.root / model_name

@@ -7,10 +7,17 @@ here, when the registry is used.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ml_assets.registries.base import JOB_ID_TAG, ModelVersion, RegistrationRequest
+
+# Model-version tags that carry what ``ModelVersion`` needs, as JSON, so listing versions is one
+# search and never a ``get_run`` per version.
+METRICS_TAG = "ml_assets.metrics"
+LINEAGE_TAG = "ml_assets.lineage"
+NOTE_PREFIX = "ml_assets.note."
 
 
 class MlflowRegistry:
@@ -40,11 +47,16 @@ class MlflowRegistry:
         mlflow.set_registry_uri(self.tracking_uri)
         experiment_id = self._experiment(request.model_name)
         bundle = joblib.load(request.artifact_path)
-        lineage_tags = {f"ml_assets.{k}": str(v) for k, v in request.lineage.items()}
+        lineage = {**request.lineage, "params": request.params}
+        version_tags = {
+            JOB_ID_TAG: request.job_id,
+            METRICS_TAG: json.dumps(request.metrics, sort_keys=True),
+            LINEAGE_TAG: json.dumps(lineage, sort_keys=True, default=str),
+        }
         with mlflow.start_run(experiment_id=experiment_id, run_name=request.job_id) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in request.params.items()})
             mlflow.log_metrics(request.metrics)
-            mlflow.set_tags({JOB_ID_TAG: request.job_id, **lineage_tags})
+            mlflow.set_tags({JOB_ID_TAG: request.job_id})
             # Naming the requirement skips MLflow's slow inference of it in a subprocess.
             mlflow.sklearn.log_model(
                 bundle["estimator"],
@@ -60,7 +72,7 @@ class MlflowRegistry:
             request.model_name,
             source=f"runs:/{run_id}/model",
             run_id=run_id,
-            tags={JOB_ID_TAG: request.job_id, **lineage_tags},
+            tags=version_tags,
         )
         return self._version(created, request.model_name)
 
@@ -73,7 +85,11 @@ class MlflowRegistry:
 
     def list_versions(self, model_name: str) -> list[ModelVersion]:
         client = self._client()
-        found = client.search_model_versions(filter_string=f"name = '{model_name}'")
+        found = _all_pages(
+            lambda token: client.search_model_versions(
+                filter_string=f"name = '{model_name}'", page_token=token
+            )
+        )
         if not found:
             return []
         # Search results leave aliases out; the registered model has them all.
@@ -81,8 +97,29 @@ class MlflowRegistry:
         versions = [self._version(v, model_name, aliases) for v in found]
         return sorted(versions, key=lambda v: int(v.version))
 
+    def get_version(self, model_name: str, version: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            found = client.get_model_version(model_name, version)
+        except MlflowException:
+            return None
+        return self._version(found, model_name, {a: found.version for a in found.aliases or []})
+
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
         self._client().set_registered_model_alias(model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.get_by_alias(model_name, alias) is None:
+            return
+        try:
+            self._client().delete_registered_model_alias(model_name, alias)
+        except MlflowException:
+            if self.get_by_alias(model_name, alias) is not None:
+                raise
 
     def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
@@ -91,7 +128,14 @@ class MlflowRegistry:
             found = self._client().get_model_version_by_alias(model_name, alias)
         except MlflowException:
             return None
-        return self._version(found, model_name, {alias: found.version})
+        return self._version(found, model_name, {a: found.version for a in found.aliases or []})
+
+    def annotate(self, model_name: str, version: str, notes: dict[str, Any]) -> None:
+        client = self._client()
+        for name, value in notes.items():
+            client.set_model_version_tag(
+                model_name, version, f"{NOTE_PREFIX}{name}", json.dumps(value, sort_keys=True)
+            )
 
     def _experiment(self, model_name: str) -> str:
         client = self._client()
@@ -104,8 +148,6 @@ class MlflowRegistry:
     def _version(
         self, found: Any, model_name: str, aliases: dict[str, Any] | None = None
     ) -> ModelVersion:
-        client = self._client()
-        run = client.get_run(found.run_id) if found.run_id else None
         tags = dict(found.tags or {})
         return ModelVersion(
             registry=self.name,
@@ -113,11 +155,24 @@ class MlflowRegistry:
             version=str(found.version),
             uri=f"models:/{model_name}/{found.version}",
             job_id=tags.get(JOB_ID_TAG, ""),
-            metrics=dict(run.data.metrics) if run else {},
-            lineage={
-                k.removeprefix("ml_assets."): v
-                for k, v in tags.items()
-                if k.startswith("ml_assets.") and k != JOB_ID_TAG
-            },
+            metrics=json.loads(tags.get(METRICS_TAG, "{}")),
+            lineage=json.loads(tags.get(LINEAGE_TAG, "{}")),
             aliases=sorted(a for a, v in (aliases or {}).items() if str(v) == str(found.version)),
+            notes={
+                name.removeprefix(NOTE_PREFIX): json.loads(value)
+                for name, value in tags.items()
+                if name.startswith(NOTE_PREFIX)
+            },
         )
+
+
+def _all_pages(fetch: Any) -> list[Any]:
+    """Every item of a paged MLflow search, following ``token`` to the end."""
+    items: list[Any] = []
+    token = None
+    while True:
+        page = fetch(token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items

@@ -1,68 +1,102 @@
-"""Both registries honour one contract: register (idempotent on the job), list, alias, read."""
+"""Every registry honours one contract: register (idempotent on the job), list, get, alias,
+move and delete aliases, annotate, read back. Runs against each fixture in ``conftest``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import joblib
 import pytest
-from sklearn.linear_model import LogisticRegression
 
-from ml_assets.registries import load_registry
-from ml_assets.registries.base import ModelRegistry, RegistrationRequest
+from ml_assets.registries.base import (
+    CHALLENGER,
+    PRODUCTION,
+    ModelRegistry,
+    RegistrationRequest,
+)
 
-
-@pytest.fixture(params=["local", "mlflow"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
-    if request.param == "local":
-        return load_registry("local", root=tmp_path / "registry")
-    return load_registry(
-        "mlflow",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        artifact_root=tmp_path / "artifacts",
-    )
+pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def artifact(tmp_path: Path) -> Path:
-    model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
-    path = tmp_path / "model.joblib"
-    joblib.dump({"estimator": model, "feature_columns": ["x"]}, path)
-    return path
-
-
-def _request(artifact: Path, job_id: str, auc: float) -> RegistrationRequest:
+def _request(model_name: str, artifact: Path, job_id: str, auc: float) -> RegistrationRequest:
     return RegistrationRequest(
-        model_name="team.model",
+        model_name=model_name,
         artifact_path=str(artifact),
         job_id=job_id,
         metrics={"holdout_roc_auc": auc},
         params={"C": 1.0},
-        lineage={"features_data_version": f"sha-{job_id}"},
+        lineage={
+            "features_data_version": f"sha-{job_id}",
+            "runs": {"training": "run-1", "evaluation": "run-2"},
+        },
     )
 
 
-def test_register_list_alias_and_read_back(registry: ModelRegistry, artifact: Path) -> None:
-    first = registry.register(_request(artifact, "job-a", 0.91))
-    second = registry.register(_request(artifact, "job-b", 0.93))
+def test_register_list_alias_and_read_back(
+    registry: ModelRegistry, artifact: Path, model_name: str
+) -> None:
+    first = registry.register(_request(model_name, artifact, "job-a", 0.91))
+    second = registry.register(_request(model_name, artifact, "job-b", 0.93))
     assert (first.version, second.version) == ("1", "2")
     assert first.registry == registry.name
     assert first.metrics["holdout_roc_auc"] == pytest.approx(0.91)
     assert first.lineage["features_data_version"] == "sha-job-a"
+    assert first.lineage["runs"] == {"training": "run-1", "evaluation": "run-2"}
 
-    registry.set_alias("team.model", second.version, "champion")
-    champion = registry.get_by_alias("team.model", "champion")
-    assert champion is not None and champion.job_id == "job-b"
-    assert registry.get_by_alias("team.model", "archived") is None
-    listed = registry.list_versions("team.model")
+    registry.set_alias(model_name, second.version, PRODUCTION)
+    production = registry.get_by_alias(model_name, PRODUCTION)
+    assert production is not None and production.job_id == "job-b"
+    assert production.aliases == [PRODUCTION]
+    assert registry.get_by_alias(model_name, "archived") is None
+    listed = registry.list_versions(model_name)
     assert [v.job_id for v in listed] == ["job-a", "job-b"]
-    assert listed[1].aliases == ["champion"]
+    assert listed[0].aliases == [] and listed[1].aliases == [PRODUCTION]
+    fetched = registry.get_version(model_name, "1")
+    assert fetched is not None and fetched.job_id == "job-a"
+    assert registry.get_version(model_name, "99") is None
 
 
 def test_registering_the_same_job_twice_adds_no_version(
-    registry: ModelRegistry, artifact: Path
+    registry: ModelRegistry, artifact: Path, model_name: str
 ) -> None:
-    once = registry.register(_request(artifact, "job-a", 0.91))
-    again = registry.register(_request(artifact, "job-a", 0.91))
+    once = registry.register(_request(model_name, artifact, "job-a", 0.91))
+    again = registry.register(_request(model_name, artifact, "job-a", 0.91))
     assert again.version == once.version
-    assert len(registry.list_versions("team.model")) == 1
+    assert len(registry.list_versions(model_name)) == 1
+
+
+def test_an_alias_moves_and_can_be_deleted(
+    registry: ModelRegistry, artifact: Path, model_name: str
+) -> None:
+    for job in ("job-a", "job-b"):
+        registry.register(_request(model_name, artifact, job, 0.9))
+    registry.set_alias(model_name, "1", PRODUCTION)
+    registry.set_alias(model_name, "2", CHALLENGER)
+
+    registry.set_alias(model_name, "2", PRODUCTION)  # promote: production moves to 2
+
+    production = registry.get_by_alias(model_name, PRODUCTION)
+    assert production is not None and production.version == "2"
+    assert sorted(production.aliases) == sorted([PRODUCTION, CHALLENGER])
+    first = registry.get_version(model_name, "1")
+    assert first is not None and first.aliases == []
+
+    registry.delete_alias(model_name, CHALLENGER)
+    registry.delete_alias(model_name, CHALLENGER)  # idempotent
+    assert registry.get_by_alias(model_name, CHALLENGER) is None
+    current = registry.get_by_alias(model_name, PRODUCTION)
+    assert current is not None and current.version == "2"
+
+
+def test_annotations_merge_and_read_back(
+    registry: ModelRegistry, artifact: Path, model_name: str
+) -> None:
+    version = registry.register(_request(model_name, artifact, "job-a", 0.9)).version
+    assert registry.get_version(model_name, version).notes == {}  # type: ignore[union-attr]
+
+    registry.annotate(model_name, version, {"promotion": {"decision": "promoted", "checks": 3}})
+    registry.annotate(model_name, version, {"serving": {"ready": True}})
+    registry.annotate(model_name, version, {"promotion": {"decision": "rolled_back"}})
+
+    notes = registry.get_version(model_name, version).notes  # type: ignore[union-attr]
+    assert notes == {"promotion": {"decision": "rolled_back"}, "serving": {"ready": True}}
+    assert registry.list_versions(model_name)[0].notes == notes
