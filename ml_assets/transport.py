@@ -24,11 +24,12 @@ imported only when its scheme is used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -283,6 +284,21 @@ def fetch(uri: str, directory: Path | None = None) -> Path:
     target = directory / (urlparse(uri).path.rsplit("/", 1)[-1] or "object")
     store_for(uri).download(uri, target)
     return target
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path to read ``uri`` from for the duration of the block (no copy if local)."""
+    if is_local(uri):
+        yield local_path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="ml_assets_fetch_") as scratch:
+        yield fetch(uri, Path(scratch))
+
+
+def sibling(uri: str, name: str) -> str:
+    """The object called ``name`` in the same folder as ``uri``."""
+    return join(uri.rstrip("/").rsplit("/", 1)[0], name)
 
 
 def upload_dir(directory: Path, uri: str, last: Iterable[str] = ()) -> list[str]:

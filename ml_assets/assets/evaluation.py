@@ -9,7 +9,7 @@ import base64
 
 import dagster as dg
 
-from ml_assets import storage
+from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata
 
 EVALUATION_LOGIC_VERSION = "1"
@@ -52,9 +52,13 @@ def build_evaluation_asset(model: ModelContext) -> dg.AssetsDefinition:
         )
 
         trained = latest_metadata(context.instance, keys.trained)
-        frame = pd.read_parquet(trained["features_uri"])
-        holdout = frame[frame["split"] == "holdout"]
-        scores = predict_scores(load_model(trained["artifact"]), holdout)
+        with (
+            transport.local_copy(trained["features_uri"]) as features_path,
+            transport.local_copy(trained["artifact"]) as artifact_path,
+        ):
+            frame = pd.read_parquet(features_path)
+            holdout = frame[frame["split"] == "holdout"]
+            scores = predict_scores(load_model(artifact_path), holdout)
         result = evaluate(
             holdout["label"].to_numpy(),
             scores,

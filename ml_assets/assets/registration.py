@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from ml_assets import storage
+from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata, record_values
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import ModelRegistry, RegistrationRequest
@@ -63,16 +63,17 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
             )
         lineage = _lineage(instance, model, trained, evaluation)
         metric_names = [k for k, v in evaluation.items() if isinstance(v, float)]
-        version = registry_for(team, instance).register(
-            RegistrationRequest(
-                model_name=f"{team.team}.{model.name}",
-                artifact_path=str(trained["artifact"]),
-                job_id=str(trained["job_id"]),
-                metrics={f"holdout_{k}": float(evaluation[k]) for k in metric_names},
-                params=dict(trained["hyperparameters"]),
-                lineage=lineage,
+        with transport.local_copy(str(trained["artifact"])) as artifact_path:
+            version = registry_for(team, instance).register(
+                RegistrationRequest(
+                    model_name=f"{team.team}.{model.name}",
+                    artifact_path=str(artifact_path),
+                    job_id=str(trained["job_id"]),
+                    metrics={f"holdout_{k}": float(evaluation[k]) for k in metric_names},
+                    params=dict(trained["hyperparameters"]),
+                    lineage=lineage,
+                )
             )
-        )
         context.log.info(
             f"registered {version.model_name} version {version.version} ({version.uri})"
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from ml_assets import storage
+from ml_assets import storage, transport
 from ml_assets.assets.common import (
     EVENT_TAG,
     JOB_ID_TAG,
@@ -26,12 +26,17 @@ ENTRYPOINT = ["python", "-m", "ml_assets.training.entrypoint"]
 SUBMITTED = "submitted"
 
 
-def build_job_spec(model: ModelContext, *, run_id: str, features_uri: str, home: Path) -> JobSpec:
+def build_job_spec(
+    model: ModelContext, *, run_id: str, features_uri: str, home: Path, storage_root: str | None
+) -> JobSpec:
     """The first attempt of the job that trains ``model`` on one features file.
 
-    The command does not name its output location (the backend passes it as
-    ``ML_ASSETS_OUTPUT_URI``), so a retry is the same spec under another key: see ``for_attempt``.
+    Jobs write under ``<storage_root>/jobs/<team>/<model>/`` when the backend has object storage
+    (a remote backend's ``storage_root`` setting), else under ``<home>/jobs/``. The command does
+    not name its output location (the backend passes it as ``ML_ASSETS_OUTPUT_URI``), so a retry
+    is the same spec under another key: see ``for_attempt``.
     """
+    jobs_root = transport.join(storage_root, "jobs") if storage_root else str(home / "jobs")
     spec, team = model.spec, model.team.team
     job = {
         "trainer": spec.trainer.name,
@@ -43,7 +48,7 @@ def build_job_spec(model: ModelContext, *, run_id: str, features_uri: str, home:
         team=team,
         model=model.name,
         command=[*ENTRYPOINT, "--job", json.dumps(job, sort_keys=True)],
-        output_uri=str(home / "jobs" / team / model.name / "draft"),
+        output_uri=transport.join(jobs_root, team, model.name, "draft"),
         idempotency_key="draft",
         backend=spec.backend,
         resources=spec.resources,
@@ -55,8 +60,21 @@ def build_job_spec(model: ModelContext, *, run_id: str, features_uri: str, home:
 def for_attempt(spec: JobSpec, *, run_id: str, attempt: int) -> JobSpec:
     """The same job for another attempt: its own key and its own output folder beside the rest."""
     key = idempotency_key(spec.team, spec.model, run_id, attempt)
-    output = Path(spec.output_uri).parent / job_name_for(spec.team, spec.model, key)
-    return spec.model_copy(update={"idempotency_key": key, "output_uri": str(output)})
+    output = transport.sibling(spec.output_uri, job_name_for(spec.team, spec.model, key))
+    return spec.model_copy(update={"idempotency_key": key, "output_uri": output})
+
+
+def stage_features(features_path: str, data_version: str, storage_root: str | None) -> str:
+    """Where the job reads its features: the local file, or a copy in the backend's storage.
+
+    Copies are named by content hash, so a file is uploaded once however many jobs read it.
+    """
+    if not storage_root or transport.is_local(storage_root):
+        return features_path
+    target = transport.join(storage_root, "inputs", f"{data_version}.parquet")
+    if not transport.exists(target):
+        transport.upload_file(Path(features_path), target)
+    return target
 
 
 def submission_event(
@@ -113,11 +131,15 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
         features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)
+        storage_root = model.team.storage_root(spec.backend)
         job_spec = build_job_spec(
             model,
             run_id=context.run_id,
-            features_uri=str(features["path"]),
+            features_uri=stage_features(
+                str(features["path"]), str(features["data_version"]), storage_root
+            ),
             home=storage.home(context.instance),
+            storage_root=storage_root,
         )
         backend = model.team.load_backend(spec.backend)
         handle = backend.submit(job_spec)

@@ -15,12 +15,10 @@ from the start of the log, so a restart loses nothing either.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -31,6 +29,7 @@ from dagster._core.definitions.data_version import (
 )
 from pydantic import BaseModel, Field
 
+from ml_assets import transport
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
@@ -368,7 +367,10 @@ class Reconciler:
                 "backend": job.handle.backend,
                 "attempt": job.attempt,
                 "submitted_by_run": job.run_id,
-                "artifact": dg.MetadataValue.path(result["artifact_uri"]),
+                # The job wrote beside result.json; its own path may be a container's scratch.
+                "artifact": dg.MetadataValue.path(
+                    transport.sibling(status.result_uri, _basename(result["artifact_uri"]))
+                ),
                 "trainer": str(result.get("trainer", "")),
                 "hyperparameters": dg.MetadataValue.json(result.get("hyperparameters", {})),
                 "features_uri": dg.MetadataValue.path(result["features_uri"]),
@@ -401,10 +403,13 @@ def _observation(
 
 
 def read_result(uri: str) -> dict[str, Any]:
-    """Read a job's ``result.json`` from wherever its backend left it."""
-    path = Path(uri.removeprefix("file://"))
-    result: dict[str, Any] = json.loads(path.read_text())
+    """Read a job's ``result.json`` from wherever its backend left it (a path, s3, gs, dbfs)."""
+    result: dict[str, Any] = transport.read_json(uri)
     return result
+
+
+def _basename(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
 
 
 def build_reconciler_sensor(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ml_assets.backends import BACKENDS, backend_resource, load_backend
 from ml_assets.backends.base import Backend, Resources
+from ml_assets.backends.resource import initialized
 from ml_assets.datasets import SOURCES
 from ml_assets.evaluation import threshold_key_is_valid
 from ml_assets.features import FEATURE_SETS
@@ -162,6 +163,13 @@ class TeamSpec(_Spec):
     def load_backend(self, name: str) -> Backend:
         """The team's backend ``name``, built from its ``backends`` settings."""
         return load_backend(name, self.backends.get(name))
+
+    def storage_root(self, name: str) -> str | None:
+        """Where backend ``name`` keeps job inputs and outputs, if it has object storage."""
+        root = getattr(
+            initialized(backend_resource(name, self.backends.get(name))), "storage_root", None
+        )
+        return str(root) if root else None
 
     @property
     def owner_tags(self) -> list[str]:

@@ -70,7 +70,9 @@ def submit(
     """Submit one job as the trained-model asset does, optionally running ``code`` instead."""
     model = ModelContext(team, "tumor_classifier")
     run_id = run_id or str(uuid.uuid4())
-    spec: JobSpec = build_job_spec(model, run_id=run_id, features_uri=features_uri, home=home)
+    spec: JobSpec = build_job_spec(
+        model, run_id=run_id, features_uri=features_uri, home=home, storage_root=None
+    )
     if code is not None:
         spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
     handle = LocalBackend().submit(spec)
