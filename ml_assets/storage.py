@@ -16,12 +16,17 @@ HOME_ENV = "ML_ASSETS_HOME"
 
 
 def home(instance: Any | None = None) -> Path:
-    """The storage root: ``$ML_ASSETS_HOME``, else ``<instance root>/ml_assets``."""
+    """The storage root: ``$ML_ASSETS_HOME``, else ``<instance root>/ml_assets``.
+
+    Without an instance (a command-line tool), the instance root is ``$DAGSTER_HOME``.
+    """
     configured = os.environ.get(HOME_ENV)
     if configured:
         root = Path(configured).expanduser()
     elif instance is not None:
         root = Path(instance.root_directory) / "ml_assets"
+    elif os.environ.get("DAGSTER_HOME"):
+        root = Path(os.environ["DAGSTER_HOME"]).expanduser() / "ml_assets"
     else:
         root = Path.cwd() / ".ml_assets"
     root.mkdir(parents=True, exist_ok=True)

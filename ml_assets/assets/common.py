@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import CODE_VERSION_TAG
 
 from ml_assets.teams.spec import ModelSpec, TeamSpec
 
@@ -51,6 +52,19 @@ class ModelKeys:
     @property
     def registered(self) -> dg.AssetKey:
         return self._key("_registered")
+
+    @property
+    def promoted(self) -> dg.AssetKey:
+        return self._key("_promoted")
+
+    @property
+    def serving(self) -> dg.AssetKey:
+        return self._key("_serving")
+
+    @property
+    def registry_name(self) -> str:
+        """The model's name in the team's registry."""
+        return f"{self.team}.{self.model}"
 
 
 @dataclass(frozen=True)
@@ -112,4 +126,6 @@ def record_values(record: dg.EventLogRecord) -> dict[str, Any]:
     values = {name: value.value for name, value in event.metadata.items()} if event else {}
     values["__run_id__"] = record.run_id
     values["__storage_id__"] = record.storage_id
+    values["__code_version__"] = (event.tags or {}).get(CODE_VERSION_TAG, "") if event else ""
+    values["__timestamp__"] = record.timestamp
     return values

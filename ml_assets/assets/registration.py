@@ -10,25 +10,18 @@ import dagster as dg
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata, record_values
-from ml_assets.registries import load_registry
-from ml_assets.registries.base import ModelRegistry, RegistrationRequest
+from ml_assets.registries import team_registry
+from ml_assets.registries.base import CHALLENGER, PRODUCTION, ModelRegistry, RegistrationRequest
 from ml_assets.teams.spec import TeamSpec
 
 REGISTRATION_LOGIC_VERSION = "1"
 
 
-def registry_for(team: TeamSpec, instance: dg.DagsterInstance) -> ModelRegistry:
+def registry_for(team: TeamSpec, instance: dg.DagsterInstance | None) -> ModelRegistry:
     """The registry a team's YAML selects, with local storage under ML_ASSETS_HOME by default."""
-    root = storage.home(instance)
-    if team.registry.kind == "mlflow":
-        mlflow_dir = root / "mlflow"
-        mlflow_dir.mkdir(parents=True, exist_ok=True)
-        return load_registry(
-            "mlflow",
-            tracking_uri=team.registry.tracking_uri or f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-            artifact_root=mlflow_dir / "artifacts",
-        )
-    return load_registry("local", root=root / "registry")
+    return team_registry(
+        team.registry.kind, team.registry.settings, team.team, storage.home(instance)
+    )
 
 
 def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
@@ -61,12 +54,19 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
                     "of the newer model will trigger registration."
                 )
             )
-        lineage = _lineage(instance, model, trained, evaluation)
+        lineage = build_lineage(instance, model, trained, evaluation, context.run_id)
+        lineage["registration"]["code_version"] = context.assets_def.code_versions_by_key.get(
+            keys.registered
+        )
         metric_names = [k for k, v in evaluation.items() if isinstance(v, float)]
+        from ml_assets.datasets import file_sha256
+
+        registry = registry_for(team, instance)
         with transport.local_copy(str(trained["artifact"])) as artifact_path:
-            version = registry_for(team, instance).register(
+            lineage["training"]["artifact_sha256"] = file_sha256(artifact_path)
+            version = registry.register(
                 RegistrationRequest(
-                    model_name=f"{team.team}.{model.name}",
+                    model_name=keys.registry_name,
                     artifact_path=str(artifact_path),
                     job_id=str(trained["job_id"]),
                     metrics={f"holdout_{k}": float(evaluation[k]) for k in metric_names},
@@ -74,8 +74,12 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
                     lineage=lineage,
                 )
             )
+        production = registry.get_by_alias(keys.registry_name, PRODUCTION)
+        if production is None or production.version != version.version:
+            registry.set_alias(keys.registry_name, version.version, CHALLENGER)
         context.log.info(
-            f"registered {version.model_name} version {version.version} ({version.uri})"
+            f"registered {version.model_name} version {version.version} ({version.uri}) as "
+            f"{CHALLENGER}; {model.name}_promoted decides whether it goes to {PRODUCTION}"
         )
         return dg.MaterializeResult(
             metadata={
@@ -84,34 +88,71 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
                 "version": version.version,
                 "model_uri": version.uri,
                 "job_id": version.job_id,
-                "lineage": dg.MetadataValue.json(lineage),
+                "lineage": dg.MetadataValue.json(version.lineage),
             }
         )
 
     return registered
 
 
-def _lineage(
+def build_lineage(
     instance: dg.DagsterInstance,
     model: ModelContext,
     trained: dict[str, Any],
     evaluation: dict[str, Any],
+    run_id: str,
 ) -> dict[str, Any]:
-    """Everything needed to trace this version back to the exact data that trained it."""
+    """Everything needed to trace a version back to the exact data and code that made it.
+
+    One entry per step of the chain, each with its data version or job, its Dagster run and
+    its code version, so the audit trail reads from the version alone.
+    """
     keys = model.keys
     features_version = dict(trained["input_data_versions"])[keys.features.to_user_string()]
-    features = _materialization_with_version(instance, keys.features, features_version)
-    dataset_version = features.get("dataset_data_version") if features else None
+    features = _materialization_with_version(instance, keys.features, features_version) or {}
+    dataset_version = features.get("dataset_data_version")
+    dataset = (
+        _materialization_with_version(instance, keys.dataset, str(dataset_version))
+        if dataset_version
+        else None
+    ) or {}
     return {
-        "job_id": trained["job_id"],
-        "backend": trained["backend"],
-        "trainer": trained["trainer"],
-        "features_data_version": features_version,
-        "features_uri": trained["features_uri"],
-        "dataset_data_version": dataset_version,
-        "training_submitted_by_run": trained["submitted_by_run"],
-        "evaluation_run": evaluation["__run_id__"],
-        "features_run": features["__run_id__"] if features else None,
+        "dataset": {
+            "asset": keys.dataset.to_user_string(),
+            "data_version": dataset_version,
+            "path": dataset.get("path"),
+            "run_id": dataset.get("__run_id__"),
+            "code_version": dataset.get("__code_version__"),
+        },
+        "features": {
+            "asset": keys.features.to_user_string(),
+            "data_version": features_version,
+            "path": features.get("path"),
+            "uri": trained["features_uri"],
+            "run_id": features.get("__run_id__"),
+            "code_version": features.get("__code_version__"),
+        },
+        "training": {
+            "asset": keys.trained.to_user_string(),
+            "job_id": trained["job_id"],
+            "backend": trained["backend"],
+            "trainer": trained["trainer"],
+            "hyperparameters": dict(trained["hyperparameters"]),
+            "attempt": trained.get("attempt"),
+            "artifact_uri": trained["artifact"],
+            "submitted_by_run": trained["submitted_by_run"],
+            "code_version": trained.get("code_version") or trained.get("__code_version__"),
+        },
+        "evaluation": {
+            "asset": keys.evaluation.to_user_string(),
+            "run_id": evaluation["__run_id__"],
+            "metrics": {k: v for k, v in evaluation.items() if isinstance(v, float)},
+            "thresholds": dict(model.spec.evaluation.thresholds),
+            "verdict": evaluation.get("verdict"),
+            "passed": evaluation.get("passed"),
+            "code_version": evaluation.get("__code_version__"),
+        },
+        "registration": {"run_id": run_id, "code_version": None},
     }
 
 

@@ -9,8 +9,11 @@ import dagster as dg
 from ml_assets.assets.common import TEAM_TAG, ModelContext
 from ml_assets.assets.data import build_data_assets
 from ml_assets.assets.evaluation import build_evaluation_asset
+from ml_assets.assets.promotion import build_promotion_asset, build_rollback_job
 from ml_assets.assets.registration import build_registration_asset
+from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
+from ml_assets.backends import backend_resource
 from ml_assets.sensors.cancel import build_cancel_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
 from ml_assets.teams.spec import TeamSpec, load_team_spec
@@ -25,6 +28,8 @@ def build_team_assets(team: TeamSpec) -> list[dg.AssetsDefinition]:
         assets.append(build_training_asset(model))
         assets.append(build_evaluation_asset(model))
         assets.append(build_registration_asset(model))
+        assets.append(build_promotion_asset(model))
+        assets.append(build_serving_asset(model))
     return assets
 
 
@@ -41,7 +46,8 @@ def team_definitions(spec_path: str | Path) -> dg.Definitions:
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=15,
                 run_tags={TEAM_TAG: team.team},
-                description="Runs evaluation and registration as soon as a new model is recorded.",
+                description="Runs evaluation, registration, promotion and the serving spec as "
+                "soon as a new model is recorded.",
             ),
         ],
         jobs=[
@@ -52,5 +58,10 @@ def team_definitions(spec_path: str | Path) -> dg.Definitions:
                 description="Every asset of the team, from dataset to registered model.",
             ),
             build_cancel_job(team),
+            build_rollback_job(team),
         ],
+        resources={
+            f"{name}_backend": backend_resource(name, team.backends.get(name))
+            for name in team.allowed_backends
+        },
     )

@@ -20,8 +20,9 @@ from ml_assets.backends import BACKENDS, backend_resource, load_backend
 from ml_assets.backends.base import Backend, Resources
 from ml_assets.backends.resource import initialized
 from ml_assets.datasets import SOURCES
-from ml_assets.evaluation import threshold_key_is_valid
+from ml_assets.evaluation import METRICS, threshold_key_is_valid
 from ml_assets.features import FEATURE_SETS
+from ml_assets.registries import setting_names
 from ml_assets.training.trainers import TRAINERS
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")]
@@ -89,6 +90,26 @@ class RetrySpec(_Spec):
     max_attempts: int = Field(2, ge=1, le=10, description="Total attempts, the first included.")
 
 
+class PromotionSpec(_Spec):
+    """What a registered version must show before it becomes the production version."""
+
+    primary_metric: str = Field("roc_auc", description="Compared between challenger and champion.")
+    min_improvement: float = Field(
+        0.0, description="The challenger must beat the champion by at least this much."
+    )
+    max_drift_psi: float = Field(
+        0.25, gt=0, description="Largest population stability index of any feature allowed."
+    )
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Allowed [low, high] per training-data column."
+    )
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        return _one_of(value, METRICS, "metric")
+
+
 class ModelSpec(_Spec):
     description: str = ""
     dataset: DatasetSpec
@@ -97,6 +118,7 @@ class ModelSpec(_Spec):
     backend: str = "local"
     resources: Resources = Field(default_factory=Resources)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
 
     @field_validator("backend")
@@ -106,9 +128,40 @@ class ModelSpec(_Spec):
 
 
 class RegistrySpec(_Spec):
-    kind: Literal["local", "mlflow"] = "local"
-    tracking_uri: str | None = Field(
-        None, description="MLflow only; defaults to a SQLite store under ML_ASSETS_HOME."
+    """``kind`` plus that registry's own settings, e.g. ``tracking_uri`` for MLflow."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    kind: Literal["local", "mlflow", "wandb", "sagemaker"] = "local"
+
+    @model_validator(mode="after")
+    def _known_settings(self) -> RegistrySpec:
+        accepted = setting_names(self.kind)
+        for name in self.settings:
+            if name not in accepted:
+                raise _FieldError(
+                    ("registry", name),
+                    f"unknown setting for the {self.kind} registry; it takes: "
+                    + ", ".join(accepted),
+                )
+        return self
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ServingSpec(_Spec):
+    """What the serving-spec asset produces for each promoted version."""
+
+    kserve_namespace: str = "models"
+    kserve_storage_uri_prefix: str | None = Field(
+        None, description="Where the deploy copies artifacts (e.g. s3://bucket/models)."
+    )
+    sagemaker: dict[str, Any] | None = Field(
+        None,
+        description="image_uri, role_arn, instance_type, region_name...: create a SageMaker "
+        "model and endpoint config through boto3.",
     )
 
 
@@ -123,6 +176,7 @@ class TeamSpec(_Spec):
         "a value written {env: NAME} is read from the environment variable NAME.",
     )
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     models: dict[Identifier, ModelSpec] = Field(min_length=1)
 
     @field_validator("allowed_backends")
