@@ -8,6 +8,7 @@ local store) is read back at the end.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -29,6 +30,12 @@ TEAMS = {"fraud": "fraud_detector", "clinical": "tumor_classifier"}
 
 def _values(event: dg.AssetMaterialization) -> dict[str, object]:
     return {name: value.value for name, value in event.metadata.items()}
+
+
+def _run_of(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
+    event = instance.get_latest_materialization_event(key)
+    assert event is not None
+    return event.run_id
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.AssetMaterialization:
@@ -73,12 +80,13 @@ def test_pipeline_ends_with_an_evaluated_registered_model(
     code_versions = defs.resolve_asset_graph().get(keys.trained).code_version
     assert provenance.code_version == code_versions
 
-    # The automation sensor's next tick asks for evaluation and registration, once.
+    # The automation sensor's next tick asks for the rest of the chain, once.
     automation = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=automation.cursor
     )
-    requested = {k for k in (keys.evaluation, keys.registered) if automation.get_num_requested(k)}
-    assert requested == {keys.evaluation, keys.registered}
+    chain = (keys.evaluation, keys.registered, keys.promoted, keys.serving)
+    requested = {k for k in chain if automation.get_num_requested(k)}
+    assert requested == set(chain)
     assert team_job.execute_in_process(instance=instance, asset_selection=list(requested)).success
     again = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=automation.cursor
@@ -102,9 +110,23 @@ def test_pipeline_ends_with_an_evaluated_registered_model(
     assert version.registry == spec.registry.kind
     assert version.version == registered["version"]
     assert version.job_id == trained["job_id"]
-    assert version.lineage["features_data_version"] == features_version
-    assert version.lineage["dataset_data_version"] == features["dataset_data_version"]
+    assert version.lineage["features"]["data_version"] == features_version
+    assert version.lineage["dataset"]["data_version"] == features["dataset_data_version"]
+    assert version.lineage["training"]["job_id"] == trained["job_id"]
+    assert version.lineage["evaluation"]["run_id"] == _run_of(instance, keys.evaluation)
     assert version.metrics["holdout_roc_auc"] == pytest.approx(evaluation["roc_auc"])
+
+    # The first version has no champion to beat: it is promoted and its serving spec is ready.
+    promoted = _values(_latest(instance, keys.promoted))
+    assert promoted["decision"] == "promoted" and promoted["version"] == version.version
+    assert version.aliases == ["production"]
+    assert version.notes["promotion"]["decision"] == "promoted"
+    serving = _values(_latest(instance, keys.serving))
+    assert serving["ready"] is True and serving["version"] == version.version
+    document = json.loads(Path(str(serving["spec"])).read_text())
+    assert document["kserve"]["manifest"]["kind"] == "InferenceService"
+    assert Path(document["model_dir"], "model.joblib").exists()
+    assert ("mlflow" in document) == (spec.registry.kind == "mlflow")
 
 
 def test_a_model_below_its_thresholds_is_never_registered(

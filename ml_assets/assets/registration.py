@@ -58,7 +58,7 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
         lineage["registration"]["code_version"] = context.assets_def.code_versions_by_key.get(
             keys.registered
         )
-        metric_names = [k for k, v in evaluation.items() if isinstance(v, float)]
+        metric_names = list(_metrics(evaluation))
         from ml_assets.datasets import file_sha256
 
         registry = registry_for(team, instance)
@@ -146,13 +146,20 @@ def build_lineage(
         "evaluation": {
             "asset": keys.evaluation.to_user_string(),
             "run_id": evaluation["__run_id__"],
-            "metrics": {k: v for k, v in evaluation.items() if isinstance(v, float)},
+            "metrics": _metrics(evaluation),
             "thresholds": dict(model.spec.evaluation.thresholds),
             "verdict": evaluation.get("verdict"),
             "passed": evaluation.get("passed"),
             "code_version": evaluation.get("__code_version__"),
         },
         "registration": {"run_id": run_id, "code_version": None},
+    }
+
+
+def _metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The evaluation's numeric results (not the record's own bookkeeping values)."""
+    return {
+        k: v for k, v in evaluation.items() if isinstance(v, float) and not k.startswith("__")
     }
 
 
