@@ -29,6 +29,44 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root) if artifact_root else None
 
+    @property
+    def _is_server(self) -> bool:
+        return self.tracking_uri.startswith(("http://", "https://"))
+
+    def _rest_lookup(self, endpoint: str, **params: str) -> ModelVersion | None:
+        """One version through the server's REST API, without importing mlflow (seconds).
+
+        Lookups are what the audit command makes; it answers in well under a second this way.
+        ``MLFLOW_TRACKING_TOKEN`` is sent as a bearer token when set.
+        """
+        import os
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        url = (
+            f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow/{endpoint}?"
+            f"{urllib.parse.urlencode(params)}"
+        )
+        request = urllib.request.Request(url)
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                found = json.load(answer)["model_version"]
+        except urllib.error.HTTPError as error:
+            # An unknown version is a 404; an alias nobody holds, a 400 naming the alias.
+            if error.code in (400, 404):
+                body = error.read().decode(errors="replace")
+                if error.code == 404 or "RESOURCE_DOES_NOT_EXIST" in body or "alias" in body:
+                    return None
+            raise
+        return self._version(
+            _RestVersion(found),
+            params["name"],
+            {a: found["version"] for a in found.get("aliases", [])},
+        )
+
     def _client(self) -> Any:
         from mlflow import MlflowClient
 
@@ -98,6 +136,8 @@ class MlflowRegistry:
         return sorted(versions, key=lambda v: int(v.version))
 
     def get_version(self, model_name: str, version: str) -> ModelVersion | None:
+        if self._is_server:
+            return self._rest_lookup("model-versions/get", name=model_name, version=version)
         from mlflow.exceptions import MlflowException
 
         client = self._client()
@@ -122,6 +162,8 @@ class MlflowRegistry:
                 raise
 
     def get_by_alias(self, model_name: str, alias: str) -> ModelVersion | None:
+        if self._is_server:
+            return self._rest_lookup("registered-models/alias", name=model_name, alias=alias)
         from mlflow.exceptions import MlflowException
 
         try:
@@ -164,6 +206,14 @@ class MlflowRegistry:
                 if name.startswith(NOTE_PREFIX)
             },
         )
+
+
+class _RestVersion:
+    """A REST ``model_version`` document with the attributes ``_version`` reads."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.version = document["version"]
+        self.tags = {tag["key"]: tag["value"] for tag in document.get("tags", [])}
 
 
 def _all_pages(fetch: Any) -> list[Any]:

@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout_s: float = 90.0) -> Iterator[str]:
+def mlflow_server(root: Path, timeout_s: float = 150.0) -> Iterator[str]:
     """Start ``mlflow server`` with its store under ``root``; yields its URL, stops it after."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
