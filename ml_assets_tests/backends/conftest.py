@@ -46,7 +46,11 @@ def _load_harness_modules() -> list[str]:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         for name, value in vars(module).items():
-            if name.endswith("_harness") and callable(value):
+            if (
+                name.endswith("_harness")
+                and callable(value)
+                and getattr(value, "__module__", None) == module.__name__
+            ):
                 globals()[name] = value
                 names.append(name)
     return names
