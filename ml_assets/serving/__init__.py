@@ -1,0 +1,1 @@
+"""Serving handoffs: what a deploy of a registered version needs, per serving platform."""
