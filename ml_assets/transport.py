@@ -240,7 +240,9 @@ class DbfsStore:
 
 
 _STORES: dict[str, type] = {"file": LocalStore, "s3": S3Store, "gs": GcsStore, "dbfs": DbfsStore}
-_cache: dict[tuple[str, int], ObjectStore] = {}
+_cache: dict[tuple[str, ...], ObjectStore] = {}
+# Environment variables that point a store's client elsewhere: a change gives a new client.
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "DATABRICKS_HOST")
 
 
 def store_for(uri: str) -> ObjectStore:
@@ -250,10 +252,15 @@ def store_for(uri: str) -> ObjectStore:
         choices = ", ".join(f"{s}://" for s in _STORES)
         raise ValueError(f"unsupported storage URI {uri!r}; use a local path or one of {choices}")
     # Keyed by pid too: a client built before a fork must not be shared with the child.
-    key = (scheme, os.getpid())
+    key = (scheme, str(os.getpid()), *(os.environ.get(v, "") for v in _ENDPOINT_VARIABLES))
     if key not in _cache:
         _cache[key] = _STORES[scheme]()
     return _cache[key]
+
+
+def reset_clients() -> None:
+    """Forget the cached clients (e.g. after credentials change in a long-lived process)."""
+    _cache.clear()
 
 
 def read_bytes(uri: str) -> bytes:

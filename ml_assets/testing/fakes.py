@@ -133,6 +133,14 @@ class LoopbackServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    def error_body(self, status: int, message: str) -> Any:
+        """The body of an error the server answers itself (faults, unrouted calls).
+
+        A fake whose SDK parses one error shape (Google's ``{"error": {"code", "message",
+        "status"}}``, say) overrides this so the SDK classifies and retries the error.
+        """
+        return {"error": message}
+
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         self._routes.append((method, re.compile(pattern + r"\Z"), pattern, handler))
 
@@ -157,7 +165,9 @@ class LoopbackServer:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -186,8 +196,8 @@ class LoopbackServer:
             request.params = {k: v for k, v in match.groupdict().items() if v is not None}
             return f"{method} {label}", handler(request)
         status = 405 if path_matched else 404
-        error = {"error": f"no route for {request.method} {request.path}"}
-        return f"{request.method} <unrouted>", Response(status, error)
+        message = f"no route for {request.method} {request.path}"
+        return f"{request.method} <unrouted>", Response(status, self.error_body(status, message))
 
     def count(self, label: str) -> None:
         with self._lock:
@@ -197,6 +207,9 @@ class LoopbackServer:
 def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are two writes; without TCP_NODELAY the body waits ~40 ms for the
+        # client's delayed ACK on every call.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean; the call counts say what happened
@@ -224,11 +237,12 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "throttle":
                 server.count(f"{self.command} <throttled>")
-                self._send(Response(429, {"error": "rate limited"}, {"Retry-After": "0"}))
+                body = server.error_body(429, "rate limited")
+                self._send(Response(429, body, {"Retry-After": "0"}))
                 return
             if fault == "error":
                 server.count(f"{self.command} <error>")
-                self._send(Response(503, {"error": "service unavailable"}))
+                self._send(Response(503, server.error_body(503, "service unavailable")))
                 return
             try:
                 label, response = server.dispatch(request)
