@@ -1,8 +1,9 @@
 """Raw data sources for the ML pipelines, as pure functions.
 
-Two sources exist: scikit-learn's bundled breast-cancer table (small, real, offline) and a
-synthetic card-transaction table with a fraud label (large, deterministic, any size up to tens
-of millions of rows). :func:`file_sha256` is the data version used throughout the project.
+Three sources exist: scikit-learn's bundled breast-cancer table and handwritten-digit images
+(small, real, offline) and a synthetic card-transaction table with a fraud label (large,
+deterministic, any size up to tens of millions of rows). :func:`file_sha256` is the data version
+used throughout the project.
 
 Only the standard library is imported at module level: Dagster code locations import this module
 when they load, and numpy/pandas/pyarrow/scikit-learn would make that slow.
@@ -22,7 +23,16 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-SOURCES: tuple[str, ...] = ("breast_cancer", "card_transactions")
+SOURCES: tuple[str, ...] = ("breast_cancer", "card_transactions", "digits")
+
+# The 8x8 digit images, one column per pixel, row-major (the names scikit-learn gives them).
+DIGIT_IMAGE_SIZE = 8
+DIGIT_PIXEL_MAX = 16
+DIGIT_PIXEL_COLUMNS: tuple[str, ...] = tuple(
+    f"pixel_{row}_{column}" for row in range(DIGIT_IMAGE_SIZE) for column in range(DIGIT_IMAGE_SIZE)
+)
+# The pipelines are binary; a digits model answers "is this digit 5 or more?".
+DIGIT_POSITIVE_FROM = 5
 
 # Fixed vocabularies of the synthetic card table. Feature engineering encodes categories against
 # this list (never against the categories present in one file), so codes stay stable.
@@ -118,6 +128,34 @@ def load_breast_cancer() -> pd.DataFrame:
     frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
     frame["label"] = (bunch.target.to_numpy() == malignant).astype(np.int8)
     return frame.reset_index(drop=True)
+
+
+def load_digits() -> pd.DataFrame:
+    """Return scikit-learn's bundled handwritten-digit images (1,797 rows, no network).
+
+    Columns: an int64 ``row_id`` (0..1796, the bundled file's order, so it is stable), the 64
+    pixels ``pixel_0_0`` ... ``pixel_7_7`` of each 8x8 image (row-major, int8 ink counts in
+    0..16), the int8 ``digit`` (0..9) and an int8 ``label``. The pipelines are binary, so the
+    label is ``1`` when the digit is 5..9 and ``0`` for 0..4: 896 positives (49.9%), so a
+    constant scores ROC AUC 0.5, while the classes differ in shape (e.g. 5/6/8/9 against 0/3/4)
+    enough that a small network separates them almost perfectly. ``digit`` is kept for
+    analysis; it is the label's source and must never be a feature.
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits(as_frame=True)
+    pixels = bunch.data[list(DIGIT_PIXEL_COLUMNS)].to_numpy()
+    digits = bunch.target.to_numpy()
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(len(digits), dtype=np.int64),
+            **{name: pixels[:, i].astype(np.int8) for i, name in enumerate(DIGIT_PIXEL_COLUMNS)},
+            "digit": digits.astype(np.int8),
+            "label": (digits >= DIGIT_POSITIVE_FROM).astype(np.int8),
+        }
+    )
 
 
 def _card_schema() -> Any:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ml_assets.datasets import MERCHANT_CATEGORIES
+from ml_assets.datasets import DIGIT_PIXEL_COLUMNS, DIGIT_PIXEL_MAX, MERCHANT_CATEGORIES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FEATURE_SETS: tuple[str, ...] = ("clinical_measurements", "transaction_risk")
+FEATURE_SETS: tuple[str, ...] = ("clinical_measurements", "transaction_risk", "digit_pixels")
 FEATURE_COLUMNS_EXCLUDED: tuple[str, ...] = ("row_id", "label", "split")
 SPLITS: tuple[str, ...] = ("train", "holdout")
 
@@ -139,6 +139,25 @@ def _transaction_risk(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=raw.index)
 
 
+def _digit_pixels(raw: pd.DataFrame) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    _require_columns(raw, ("row_id", *DIGIT_PIXEL_COLUMNS, "label"), "digit_pixels")
+    pixels = raw[list(DIGIT_PIXEL_COLUMNS)].to_numpy(dtype=np.float64)
+    # NaN fails both comparisons, so missing pixels are caught here too.
+    if not np.all((pixels >= 0) & (pixels <= DIGIT_PIXEL_MAX)):
+        raise ValueError(f"digit pixels must lie in 0..{DIGIT_PIXEL_MAX} and not be missing")
+    # Dividing by the fixed maximum (not this table's) keeps a pixel's value independent of
+    # which other images happen to be in the file.
+    features = pd.DataFrame(
+        (pixels / DIGIT_PIXEL_MAX).astype(np.float32), columns=DIGIT_PIXEL_COLUMNS, index=raw.index
+    )
+    features.insert(0, "row_id", raw["row_id"].astype(np.int64))
+    features["label"] = raw["label"].astype(np.int8)
+    return features
+
+
 def _require_columns(raw: pd.DataFrame, required: tuple[str, ...], feature_set: str) -> None:
     missing = [c for c in required if c not in raw.columns]
     if missing:
@@ -154,8 +173,10 @@ def build_features(
     keeps the 30 measurements as float64 features. ``transaction_risk`` takes the card table
     and derives log amount, hour of day, a night flag, foreign and card-present flags, log
     distance from home, customer age, one-hot merchant categories (fixed list) and per-customer
-    context (transaction count, log amount relative to the customer's median amount). All
-    steps are vectorised so tens of millions of rows fit in seconds-to-minutes and memory
+    context (transaction count, log amount relative to the customer's median amount).
+    ``digit_pixels`` takes :func:`ml_assets.datasets.load_digits` output and keeps the 64
+    pixels, scaled from 0..16 to float32 in [0, 1]; ``digit``, the label's source, is dropped.
+    All steps are vectorised so tens of millions of rows fit in seconds-to-minutes and memory
     stays a small multiple of the raw table.
 
     Every result has ``row_id`` first, then the features, then ``label`` (int8 0/1) and
@@ -165,6 +186,8 @@ def build_features(
         features = _clinical_measurements(raw)
     elif feature_set == "transaction_risk":
         features = _transaction_risk(raw)
+    elif feature_set == "digit_pixels":
+        features = _digit_pixels(raw)
     else:
         raise ValueError(
             f"unknown feature set {feature_set!r}; valid choices: {', '.join(FEATURE_SETS)}"

@@ -1,4 +1,5 @@
-"""Tests for ml_assets.datasets: the breast-cancer loader and the synthetic card table."""
+"""Tests for ml_assets.datasets: the breast-cancer and digits loaders and the synthetic card
+table."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from ml_assets.datasets import (
+    DIGIT_PIXEL_COLUMNS,
     MERCHANT_CATEGORIES,
     SOURCES,
     file_sha256,
     load_breast_cancer,
+    load_digits,
     write_card_transactions,
 )
 
@@ -35,8 +38,8 @@ def card(card_path: Path) -> pd.DataFrame:
     return pd.read_parquet(card_path)
 
 
-def test_sources_names_both_builders() -> None:
-    assert SOURCES == ("breast_cancer", "card_transactions")
+def test_sources_names_every_builder() -> None:
+    assert SOURCES == ("breast_cancer", "card_transactions", "digits")
 
 
 def test_breast_cancer_shape_names_and_flipped_label() -> None:
@@ -50,6 +53,45 @@ def test_breast_cancer_shape_names_and_flipped_label() -> None:
     assert frame["label"].value_counts().to_dict() == {0: 357, 1: 212}
     by_label = frame.groupby("label")["mean_radius"].mean()
     assert by_label[1] > by_label[0]  # malignant tumours are larger
+
+
+def test_digits_shape_columns_and_types() -> None:
+    frame = load_digits()
+    assert frame.shape == (1797, 67)
+    assert list(frame.columns) == ["row_id", *DIGIT_PIXEL_COLUMNS, "digit", "label"]
+    assert DIGIT_PIXEL_COLUMNS[:3] == ("pixel_0_0", "pixel_0_1", "pixel_0_2")
+    assert DIGIT_PIXEL_COLUMNS[-1] == "pixel_7_7"
+    assert frame["row_id"].dtype == np.int64 and frame["row_id"].tolist() == list(range(1797))
+    assert all(frame[c].dtype == np.int8 for c in [*DIGIT_PIXEL_COLUMNS, "digit", "label"])
+    pixels = frame[list(DIGIT_PIXEL_COLUMNS)]
+    assert pixels.min().min() == 0 and pixels.max().max() == 16
+
+
+def test_digits_pixels_are_the_bundled_images_row_major() -> None:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    frame = load_digits()
+    np.testing.assert_array_equal(
+        frame[list(DIGIT_PIXEL_COLUMNS)].to_numpy().reshape(-1, 8, 8), bunch.images
+    )
+    assert (frame["pixel_3_5"].to_numpy() == bunch.images[:, 3, 5]).all()
+    np.testing.assert_array_equal(frame["digit"].to_numpy(), bunch.target)
+
+
+def test_digits_label_is_five_to_nine_and_balanced() -> None:
+    frame = load_digits()
+    assert (frame["label"] == (frame["digit"] >= 5).astype(np.int8)).all()
+    # 182 + 181 + 179 + 174 + 180 images show 5..9.
+    assert frame["label"].value_counts().to_dict() == {0: 901, 1: 896}
+
+
+def test_digits_are_deterministic(tmp_path: Path) -> None:
+    first, again = load_digits(), load_digits()
+    pd.testing.assert_frame_equal(first, again)
+    first.to_parquet(tmp_path / "a.parquet", index=False)
+    again.to_parquet(tmp_path / "b.parquet", index=False)
+    assert file_sha256(tmp_path / "a.parquet") == file_sha256(tmp_path / "b.parquet")
 
 
 def test_card_schema_and_row_count(card_path: Path) -> None:

@@ -25,7 +25,7 @@ from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TEAMS_DIR = Path(__file__).parents[1] / "ml_assets" / "teams"
-TEAMS = {"fraud": "fraud_detector", "clinical": "tumor_classifier"}
+TEAMS = {"fraud": "fraud_detector", "clinical": "tumor_classifier", "vision": "digit_classifier"}
 
 
 def _values(event: dg.AssetMaterialization) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Tests for ml_assets.features: hash splits and the two feature sets."""
+"""Tests for ml_assets.features: hash splits and the feature sets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_assets.datasets import MERCHANT_CATEGORIES, load_breast_cancer, write_card_transactions
+from ml_assets.datasets import (
+    DIGIT_PIXEL_COLUMNS,
+    MERCHANT_CATEGORIES,
+    load_breast_cancer,
+    load_digits,
+    write_card_transactions,
+)
 from ml_assets.features import (
     FEATURE_COLUMNS_EXCLUDED,
     FEATURE_SETS,
@@ -20,7 +26,7 @@ from ml_assets.features import (
 
 
 def test_feature_sets_constant() -> None:
-    assert FEATURE_SETS == ("clinical_measurements", "transaction_risk")
+    assert FEATURE_SETS == ("clinical_measurements", "transaction_risk", "digit_pixels")
 
 
 def test_split_is_stable_when_rows_are_appended_or_reordered() -> None:
@@ -71,6 +77,46 @@ def test_clinical_measurements_keeps_measurements() -> None:
     assert features["label"].dtype == np.int8
     np.testing.assert_array_equal(features[measurements].to_numpy(), raw[measurements].to_numpy())
     assert features["split"].tolist() == assign_split(raw["row_id"], 0.25, 3).tolist()
+
+
+def test_digit_pixels_scales_pixels_to_unit_range() -> None:
+    raw = load_digits()
+    features = build_features("digit_pixels", raw, holdout_fraction=0.2, seed=4)
+    assert list(features.columns) == ["row_id", *DIGIT_PIXEL_COLUMNS, "label", "split"]
+    assert feature_columns(features) == list(DIGIT_PIXEL_COLUMNS)  # the digit is never a feature
+    assert all(features[c].dtype == np.float32 for c in DIGIT_PIXEL_COLUMNS)
+    pixels = features[list(DIGIT_PIXEL_COLUMNS)].to_numpy()
+    assert pixels.min() == 0.0 and pixels.max() == 1.0
+    np.testing.assert_allclose(pixels * 16, raw[list(DIGIT_PIXEL_COLUMNS)].to_numpy(), atol=1e-5)
+    assert features["row_id"].dtype == np.int64 and features["label"].dtype == np.int8
+    assert features["row_id"].tolist() == raw["row_id"].tolist()
+    assert features["label"].tolist() == raw["label"].tolist()
+    assert features["split"].tolist() == assign_split(raw["row_id"], 0.2, 4).tolist()
+    assert 0.15 < (features["split"] == "holdout").mean() < 0.25
+
+
+def test_digit_pixels_scale_does_not_depend_on_the_other_rows() -> None:
+    raw = load_digits()
+    faint = raw[raw[list(DIGIT_PIXEL_COLUMNS)].max(axis=1) < 16].iloc[:5]
+    assert len(faint) == 5
+    alone = build_features("digit_pixels", faint)
+    together = build_features("digit_pixels", raw).set_index("row_id").loc[faint["row_id"]]
+    np.testing.assert_array_equal(
+        alone[list(DIGIT_PIXEL_COLUMNS)].to_numpy(), together[list(DIGIT_PIXEL_COLUMNS)].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("bad", [17, -1, np.nan])
+def test_digit_pixels_rejects_values_outside_zero_to_sixteen(bad: float) -> None:
+    raw = load_digits().iloc[:10].astype({"pixel_2_3": np.float64})
+    raw.loc[raw.index[4], "pixel_2_3"] = bad
+    with pytest.raises(ValueError, match=r"digit pixels must lie in 0\.\.16"):
+        build_features("digit_pixels", raw)
+
+
+def test_digit_pixels_names_a_missing_pixel() -> None:
+    with pytest.raises(ValueError, match="pixel_7_7"):
+        build_features("digit_pixels", load_digits().drop(columns=["pixel_7_7"]))
 
 
 def _card_rows() -> pd.DataFrame:

@@ -66,6 +66,7 @@ def test_the_training_entrypoint_imports_no_dagster_and_no_cloud_sdk() -> None:
         "ml_assets.platform_data.definitions",
         "ml_assets.teams.fraud.definitions",
         "ml_assets.teams.clinical.definitions",
+        "ml_assets.teams.vision.definitions",
     ],
 )
 def test_code_locations_import_no_ml_library_or_sdk(module: str) -> None:

@@ -69,6 +69,27 @@ def raw_breast_cancer(context: dg.AssetExecutionContext) -> dg.MaterializeResult
 
 
 @dg.asset(
+    key=raw_key("digits"),
+    description=(
+        "scikit-learn's bundled 8x8 handwritten-digit images (1,797), one column per pixel, "
+        "with the digit and a binary label: 1 for digits 5-9."
+    ),
+    code_version="1",
+    kinds={"parquet", "scikit-learn"},
+    **PLATFORM,
+)
+def raw_digits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from ml_assets.datasets import load_digits
+
+    frame = load_digits()
+    path = storage.asset_file(
+        storage.home(context.instance), raw_key("digits").path, context.run_id
+    )
+    frame.to_parquet(path, index=False)
+    return _written(path, len(frame), positive_rate=float(frame["label"].mean()))
+
+
+@dg.asset(
     key=raw_key("card_transactions"),
     description=(
         "Synthetic card transactions with a fraud label, generated from a fixed seed; the row "

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from ml_assets.platform_data.assets import raw_breast_cancer, raw_card_transactions
+from ml_assets.platform_data.assets import raw_breast_cancer, raw_card_transactions, raw_digits
 
 defs = dg.Definitions(
-    assets=[raw_breast_cancer, raw_card_transactions],
+    assets=[raw_breast_cancer, raw_card_transactions, raw_digits],
     sensors=[
         dg.AutomationConditionSensorDefinition(
             "platform_automation",

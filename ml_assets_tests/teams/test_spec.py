@@ -24,7 +24,7 @@ def _with(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     return _write(tmp_path, yaml.safe_dump(spec, sort_keys=False))
 
 
-@pytest.mark.parametrize("team", ["fraud", "clinical"])
+@pytest.mark.parametrize("team", ["fraud", "clinical", "vision"])
 def test_shipped_specs_load(team: str) -> None:
     spec = load_team_spec(TEAMS / team / "team.yaml")
     assert spec.team == team

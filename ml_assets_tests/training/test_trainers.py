@@ -14,7 +14,9 @@ from ml_assets.training.trainers import TRAINERS, build_estimator
 
 
 def test_trainer_names() -> None:
-    assert TRAINERS == ("logistic_regression", "hist_gradient_boosting", "random_forest")
+    assert TRAINERS == (
+        "logistic_regression", "hist_gradient_boosting", "random_forest", "torch_mlp",
+    )  # fmt: skip
 
 
 def test_logistic_regression_is_scaled_pipeline() -> None:
@@ -37,6 +39,8 @@ def test_hyperparameters_pass_through_and_seed_sets_random_state() -> None:
 
 @pytest.mark.parametrize("name", TRAINERS)
 def test_every_trainer_fits_and_predicts_probabilities(name: str) -> None:
+    if name == "torch_mlp":
+        pytest.importorskip("torch", reason="torch is not installed; torch_mlp needs it to train")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(300, 4))
     labels = (features[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)

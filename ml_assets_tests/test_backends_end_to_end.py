@@ -1,0 +1,112 @@
+"""One model moved from local to each remote backend by its YAML alone, the pipeline unchanged.
+
+For every backend the clinical team's YAML gets ``allowed_backends``, a ``backends.<name>``
+section pointing at that backend's loopback fake (or moto), and ``backend: <name>`` on its model.
+The deferred pipeline then runs as in production: the run submits and ends, the fake really
+runs the training entrypoint through the staging wrapper, the reconciler records the model from
+the result in the backend's storage, and evaluation, registration, promotion and the serving
+spec follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+from ml_assets import transport
+from ml_assets.assets.common import ModelKeys, raw_key
+from ml_assets.assets.registration import registry_for
+from ml_assets.platform_data.definitions import defs as platform_defs
+from ml_assets.registries.base import PRODUCTION
+from ml_assets.teams.location import team_definitions
+from ml_assets.teams.spec import load_team_spec
+from ml_assets.testing.sensor_driver import SensorDriver
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "team.yaml"
+KEYS = ModelKeys("clinical", "tumor_classifier")
+
+Environment = Callable[[str, str], None]
+
+
+@contextlib.contextmanager
+def kubernetes(root: Path, setenv: Environment) -> Iterator[dict[str, Any]]:
+    from ml_assets.testing.fake_kubernetes import FakeKubernetes
+
+    with FakeKubernetes(root / "fake") as fake:
+        settings = fake.settings(str(root / "storage")).model_dump(exclude_none=True)
+        yield settings
+
+
+@contextlib.contextmanager
+def vertex(root: Path, setenv: Environment) -> Iterator[dict[str, Any]]:
+    from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator
+
+    with (
+        GcsEmulator(["clinical-training"]) as gcs,
+        FakeVertex(root / "vertex", job_env=gcs.env) as fake,
+    ):
+        setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        yield fake.backend_settings(storage_root="gs://clinical-training/ml", sync_seconds=0.5)
+
+
+BACKENDS = {"kubernetes": kubernetes, "vertex": vertex}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_the_same_pipeline_trains_on_each_backend(
+    backend: str,
+    instance: dg.DagsterInstance,
+    ml_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with BACKENDS[backend](tmp_path, monkeypatch.setenv) as settings:
+        transport.reset_clients()
+        spec = yaml.safe_load(CLINICAL.read_text())
+        spec["registry"] = {"kind": "local"}
+        spec["allowed_backends"] = ["local", backend]
+        spec["backends"] = {backend: settings}
+        spec["models"]["tumor_classifier"]["backend"] = backend
+        spec_path = tmp_path / "team.yaml"
+        spec_path.write_text(yaml.safe_dump(spec))
+        defs = team_definitions(spec_path)
+        assert platform_defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[raw_key("breast_cancer")]
+        ).success
+        job = defs.resolve_implicit_global_asset_job_def()
+
+        submitted = job.execute_in_process(
+            instance=instance, asset_selection=[KEYS.dataset, KEYS.features, KEYS.trained]
+        )
+
+        assert submitted.success
+        assert instance.get_latest_materialization_event(KEYS.trained) is None
+        reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+        reconciler.tick_until(lambda: instance.get_latest_materialization_event(KEYS.trained), 240)
+        trained = instance.get_latest_materialization_event(KEYS.trained)
+        assert trained is not None and trained.asset_materialization is not None
+        metadata = trained.asset_materialization.metadata
+        assert metadata["backend"].value == backend
+        root = str(settings["storage_root"])
+        assert str(metadata["artifact"].value).startswith(root)
+
+        chain = job.execute_in_process(
+            instance=instance,
+            asset_selection=[KEYS.evaluation, KEYS.registered, KEYS.promoted, KEYS.serving],
+        )
+
+        assert chain.success
+        production = registry_for(load_team_spec(spec_path), instance).get_by_alias(
+            KEYS.registry_name, PRODUCTION
+        )
+        assert production is not None
+        assert production.lineage["training"]["backend"] == backend
+        assert production.metrics["holdout_roc_auc"] > 0.95
+        assert production.notes["serving"]["ready"] is True
