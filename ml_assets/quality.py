@@ -91,10 +91,12 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> flo
     else:
         # Outer bins open to infinity, so values beyond the reference's range still count.
         inner = edges[1:-1]
-        expected = np.bincount(np.searchsorted(inner, reference, side="right"), minlength=len(
-            edges) - 1) / len(reference)
-        actual = np.bincount(np.searchsorted(inner, current, side="right"), minlength=len(
-            edges) - 1) / len(current)
+        expected = np.bincount(
+            np.searchsorted(inner, reference, side="right"), minlength=len(edges) - 1
+        ) / len(reference)
+        actual = np.bincount(
+            np.searchsorted(inner, current, side="right"), minlength=len(edges) - 1
+        ) / len(current)
     expected = np.clip(expected, _PSI_EPSILON, None)
     actual = np.clip(actual, _PSI_EPSILON, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))

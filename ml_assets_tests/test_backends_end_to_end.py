@@ -77,9 +77,11 @@ def test_the_same_pipeline_trains_on_each_backend(
         spec_path = tmp_path / "team.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
         defs = team_definitions(spec_path)
-        assert platform_defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=[raw_key("breast_cancer")]
-        ).success
+        assert (
+            platform_defs.resolve_implicit_global_asset_job_def()
+            .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
+            .success
+        )
         job = defs.resolve_implicit_global_asset_job_def()
 
         submitted = job.execute_in_process(

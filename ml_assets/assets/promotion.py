@@ -17,7 +17,6 @@ registry (the version's ``promotion`` note) whatever it is; a promoted version t
 production back at the previous version, and is recorded the same way.
 """
 
-
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field

@@ -158,9 +158,7 @@ def build_lineage(
 
 def _metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     """The evaluation's numeric results (not the record's own bookkeeping values)."""
-    return {
-        k: v for k, v in evaluation.items() if isinstance(v, float) and not k.startswith("__")
-    }
+    return {k: v for k, v in evaluation.items() if isinstance(v, float) and not k.startswith("__")}
 
 
 def _materialization_with_version(

@@ -14,7 +14,6 @@ against the one registered), scores a sample of holdout rows and requires finite
 a version that fails is never marked ready.
 """
 
-
 import json
 from collections.abc import Iterator
 from pathlib import Path

@@ -83,6 +83,8 @@ def log_tail(text: str, tail: int) -> str:
 def read_log(output_uri: str, tail: int) -> str:
     """The last lines of the staged ``job.log`` (empty before the first upload)."""
     with contextlib.suppress(transport.ObjectNotFound):
-        return log_tail(transport.read_bytes(transport.join(output_uri, "job.log")).decode(
-            errors="replace"), tail)
+        return log_tail(
+            transport.read_bytes(transport.join(output_uri, "job.log")).decode(errors="replace"),
+            tail,
+        )
     return ""

@@ -43,7 +43,6 @@ def mlflow_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield url
 
 
-
 @pytest.fixture
 def mlflow_server_registry(mlflow_server_url: str) -> ModelRegistry:
     return load_registry("mlflow", tracking_uri=mlflow_server_url)
