@@ -202,6 +202,9 @@ class GcsStore:
         path.write_bytes(self.read_bytes(uri))
 
 
+_DBFS_PUT_LIMIT = 1 << 20  # the DBFS API's limit for inline `put` contents
+
+
 class DbfsStore:
     """DBFS through databricks-sdk's DBFS API (``dbfs:/path``)."""
 
@@ -225,9 +228,15 @@ class DbfsStore:
         return data
 
     def write_bytes(self, uri: str, data: bytes) -> None:
+        import base64
         import io
 
-        self._client.dbfs.upload(self._path(uri), io.BytesIO(data), overwrite=True)
+        if len(data) <= _DBFS_PUT_LIMIT:
+            # One call, idempotent under retries (a retried add-block could append twice).
+            contents = base64.b64encode(data).decode()
+            self._client.dbfs.put(self._path(uri), contents=contents, overwrite=True)
+        else:
+            self._client.dbfs.upload(self._path(uri), io.BytesIO(data), overwrite=True)
 
     def exists(self, uri: str) -> bool:
         return bool(self._client.dbfs.exists(self._path(uri)))

@@ -11,6 +11,7 @@ spec follow.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "team.yaml"
 KEYS = ModelKeys("clinical", "tumor_classifier")
 
-Environment = Callable[[str, str], None]
 
 
 @contextlib.contextmanager
-def kubernetes(root: Path, setenv: Environment) -> Iterator[dict[str, Any]]:
+def kubernetes(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     from ml_assets.testing.fake_kubernetes import FakeKubernetes
 
     with FakeKubernetes(root / "fake") as fake:
@@ -45,18 +45,45 @@ def kubernetes(root: Path, setenv: Environment) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def vertex(root: Path, setenv: Environment) -> Iterator[dict[str, Any]]:
+def vertex(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator
 
     with (
         GcsEmulator(["clinical-training"]) as gcs,
         FakeVertex(root / "vertex", job_env=gcs.env) as fake,
     ):
-        setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
         yield fake.backend_settings(storage_root="gs://clinical-training/ml", sync_seconds=0.5)
 
 
-BACKENDS = {"kubernetes": kubernetes, "vertex": vertex}
+@contextlib.contextmanager
+def sagemaker(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    from ml_assets.testing.fake_sagemaker import FakeSageMaker, use_fake_aws
+
+    with FakeSageMaker(root / "sagemaker") as fake:
+        use_fake_aws(fake, monkeypatch)
+        yield fake.backend_settings(f"s3://{fake.create_bucket()}/ml", sync_seconds=0.5)
+
+
+@contextlib.contextmanager
+def databricks(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    from ml_assets.testing.fake_databricks import FakeDatabricks
+
+    with FakeDatabricks(root / "databricks") as fake:
+        for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(root / "no-databrickscfg"))
+        for name, value in fake.client_env.items():
+            monkeypatch.setenv(name, value)
+        yield fake.backend_settings(storage_root="dbfs:/ml_assets/clinical", sync_seconds=0.5)
+
+
+BACKENDS: dict[str, Callable[..., contextlib.AbstractContextManager[dict[str, Any]]]] = {
+    "databricks": databricks,
+    "kubernetes": kubernetes,
+    "sagemaker": sagemaker,
+    "vertex": vertex,
+}
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -67,7 +94,7 @@ def test_the_same_pipeline_trains_on_each_backend(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with BACKENDS[backend](tmp_path, monkeypatch.setenv) as settings:
+    with BACKENDS[backend](tmp_path, monkeypatch) as settings:
         transport.reset_clients()
         spec = yaml.safe_load(CLINICAL.read_text())
         spec["registry"] = {"kind": "local"}

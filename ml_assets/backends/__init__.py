@@ -37,7 +37,14 @@ def backend_resource(name: str, settings: dict[str, Any] | None = None) -> Backe
 
 
 def load_backend(name: str, settings: dict[str, Any] | None = None) -> Backend:
-    """The ready-to-use backend ``name``, its EnvVar settings read from the environment."""
-    from ml_assets.backends.resource import initialized
+    """The ready-to-use backend ``name``, its ``{env: X}`` settings read from the environment."""
+    return configured_resource(name, settings).get_backend()
 
-    return initialized(backend_resource(name, settings)).get_backend()
+
+def configured_resource(name: str, settings: dict[str, Any] | None = None) -> BackendResource:
+    """The resource for backend ``name`` with environment variables already read."""
+    from ml_assets.backends.resource import with_env_values
+
+    cls = plugin_class(BACKENDS, name, "backend")
+    resource: BackendResource = cls(**with_env_values(settings or {}, f"backends.{name}"))
+    return resource

@@ -8,6 +8,7 @@ is built, so it never appears in the YAML, the UI or metadata.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -50,7 +51,26 @@ def with_env_vars(value: Any) -> Any:
     return value
 
 
-def initialized(resource: BackendResource) -> BackendResource:
-    """The resource with its EnvVar fields read from the environment."""
-    ready: BackendResource = resource.process_config_and_initialize()
-    return ready
+class MissingEnvironmentVariable(KeyError):
+    """A setting written ``{env: NAME}`` whose variable is not set."""
+
+
+def with_env_values(value: Any, where: str = "") -> Any:
+    """Every ``{env: NAME}`` in a YAML value replaced by the variable's value, read now.
+
+    Building a backend this way needs no Dagster context; a missing variable is an error that
+    names it and the setting.
+    """
+    if isinstance(value, dict):
+        if set(value) == {"env"} and isinstance(value["env"], str):
+            name = value["env"]
+            if name not in os.environ:
+                raise MissingEnvironmentVariable(
+                    f"setting {where or '<root>'} reads environment variable {name}, "
+                    "which is not set"
+                )
+            return os.environ[name]
+        return {k: with_env_values(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_env_values(item, where) for item in value]
+    return value

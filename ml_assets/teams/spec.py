@@ -16,9 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml_assets.backends import BACKENDS, backend_resource, load_backend
+from ml_assets.backends import BACKENDS, backend_resource, configured_resource, load_backend
 from ml_assets.backends.base import Backend, Resources
-from ml_assets.backends.resource import initialized
 from ml_assets.datasets import SOURCES
 from ml_assets.evaluation import METRICS, threshold_key_is_valid
 from ml_assets.features import FEATURE_SETS
@@ -160,8 +159,10 @@ class ServingSpec(_Spec):
     )
     sagemaker: dict[str, Any] | None = Field(
         None,
-        description="image_uri, role_arn, instance_type, region_name...: create a SageMaker "
-        "model and endpoint config through boto3.",
+        description="Create a SageMaker model and endpoint config through boto3 for each "
+        "production version. Keys: role_arn (required), image_uri and model_data_url (needed "
+        "unless the registry is SageMaker's), instance_type, initial_instance_count, "
+        "endpoint_name, region_name, endpoint_url.",
     )
 
 
@@ -220,9 +221,7 @@ class TeamSpec(_Spec):
 
     def storage_root(self, name: str) -> str | None:
         """Where backend ``name`` keeps job inputs and outputs, if it has object storage."""
-        root = getattr(
-            initialized(backend_resource(name, self.backends.get(name))), "storage_root", None
-        )
+        root = getattr(configured_resource(name, self.backends.get(name)), "storage_root", None)
         return str(root) if root else None
 
     @property

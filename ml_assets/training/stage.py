@@ -143,5 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(command, args.output_uri, args.sync_seconds)
 
 
-if __name__ == "__main__":
+def entrypoint() -> None:
+    """The ``ml-assets-job`` console script: exits with the command's status, so a runner that
+    ignores a returned value (Databricks' wheel task) still sees the failure."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
