@@ -57,7 +57,7 @@ STARTUP_TIMEOUT_S = 120.0
 POLL_INTERVAL_S = 1.0
 SHUTDOWN_GRACE_S = 30.0
 LOG_TAIL_LINES = 80
-VIEWPORT: ViewportSize = {"width": 1600, "height": 1200}
+VIEWPORT: ViewportSize = {"width": 2400, "height": 1400}
 
 _LOG_PATH_KEY = pytest.StashKey[Path]()
 _REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()

@@ -30,7 +30,15 @@ pytestmark = pytest.mark.timeout(480)
 
 TEAM = "clinical"
 MODEL = ModelKeys(TEAM, "tumor_classifier")
-CHAIN = [MODEL.dataset, MODEL.features, MODEL.trained, MODEL.evaluation, MODEL.registered]
+CHAIN = [
+    MODEL.dataset,
+    MODEL.features,
+    MODEL.trained,
+    MODEL.evaluation,
+    MODEL.registered,
+    MODEL.promoted,
+    MODEL.serving,
+]
 RAW_KEY = ["platform", "raw_breast_cancer"]
 GROUP_PATH = f"/locations/{TEAM}/asset-groups/{TEAM}"
 EVALUATION_PATH = "/assets/" + "/".join(MODEL.evaluation.path)
@@ -242,7 +250,7 @@ def test_materialize_all_from_the_ui_trains_evaluates_and_registers(
     assert ui_run.asset_keys == {tuple(key.path) for key in CHAIN}
     for key in (MODEL.dataset, MODEL.features, MODEL.trained):
         assert ui_run.step_status.get(step_key(key.path)) == "SUCCESS", ui_run.step_status
-    for key in (MODEL.evaluation, MODEL.registered):
+    for key in (MODEL.evaluation, MODEL.registered, MODEL.promoted, MODEL.serving):
         # Training only submits a job, so nothing downstream can run in the launching run.
         assert ui_run.step_status.get(step_key(key.path)) == "SKIPPED", ui_run.step_status
 
@@ -282,6 +290,20 @@ def test_materialize_all_from_the_ui_trains_evaluates_and_registers(
     assert registered.run_id, "registration should run as a run of the automation sensor"
     assert registered.metadata.get("job_id") == job_id
     assert registered.metadata.get("registry") == "mlflow"
+    # The first version has no champion to beat: promoted, then its serving spec is ready.
+    serving = wait_for(
+        dev,
+        "the automation to promote the version and build its serving spec",
+        lambda: latest_materialization(dev, MODEL.serving.path),
+        PIPELINE_TIMEOUT_S,
+    )
+    promoted = latest_materialization(dev, MODEL.promoted.path)
+    assert promoted is not None and promoted.metadata.get("decision") == "promoted"
+    assert promoted.metadata.get("version") == registered.metadata.get("version")
+    assert serving.metadata.get("ready") is True
+    assert serving.metadata.get("mlflow_model_uri") == (
+        f"models:/clinical.tumor_classifier/{registered.metadata.get('version')}"
+    )
 
     # What the user sees on the evaluation asset's page.
     page.goto(dev.url + EVALUATION_PATH)
