@@ -81,6 +81,21 @@ class JobHandle(_Frozen):
     model: str = ""
     details: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def for_spec(
+        cls, backend: str, spec: JobSpec, details: dict[str, Any], job_id: str | None = None
+    ) -> JobHandle:
+        """The handle of ``spec``'s job on ``backend`` (its id defaults to ``spec.job_name``)."""
+        return cls(
+            backend=backend,
+            job_id=job_id or spec.job_name,
+            idempotency_key=spec.idempotency_key,
+            output_uri=spec.output_uri,
+            team=spec.team,
+            model=spec.model,
+            details=details,
+        )
+
     def to_json(self) -> str:
         return self.model_dump_json()
 

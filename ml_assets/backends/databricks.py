@@ -387,19 +387,16 @@ class DatabricksBackend:
         run_id = int(waiter.run_id)
         run = _retrying(lambda: self._jobs.get_run(run_id))
         task_run_ids = [task.run_id for task in run.tasks or [] if task.run_id]
-        return JobHandle(
-            backend=self.name,
-            job_id=str(run_id),
-            idempotency_key=spec.idempotency_key,
-            output_uri=spec.output_uri,
-            team=spec.team,
-            model=spec.model,
-            details={
+        return JobHandle.for_spec(
+            self.name,
+            spec,
+            {
                 "run_id": run_id,
                 "task_run_id": task_run_ids[0] if task_run_ids else None,
                 "start_time": run.start_time,
                 "run_name": spec.job_name,
             },
+            job_id=str(run_id),
         )
 
     # -- poll -----------------------------------------------------------------------------------

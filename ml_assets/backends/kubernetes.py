@@ -423,15 +423,7 @@ class KubernetesBackend:
         from kubernetes.client.exceptions import ApiException
 
         body = build_job_body(spec, self.settings)
-        handle = JobHandle(
-            backend=self.name,
-            job_id=spec.job_name,
-            idempotency_key=spec.idempotency_key,
-            output_uri=spec.output_uri,
-            team=spec.team,
-            model=spec.model,
-            details={"namespace": self.settings.namespace},
-        )
+        handle = JobHandle.for_spec(self.name, spec, {"namespace": self.settings.namespace})
         # A cancelled job, or one that ran and was deleted since, has freed its name; creating
         # it again would run it twice.
         if any(transport.exists(transport.join(spec.output_uri, m)) for m in _RAN_MARKERS):

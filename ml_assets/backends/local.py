@@ -188,14 +188,8 @@ class LocalBackend:
                     f"{job_dir} already holds {', '.join(leftovers)} from another job; "
                     f"use a fresh output_uri"
                 )
-            handle = JobHandle(
-                backend=self.name,
-                job_id=spec.job_name,
-                idempotency_key=spec.idempotency_key,
-                output_uri=spec.output_uri,
-                team=spec.team,
-                model=spec.model,
-                details={"job_dir": str(job_dir), "launched_at": time.time()},
+            handle = JobHandle.for_spec(
+                self.name, spec, {"job_dir": str(job_dir), "launched_at": time.time()}
             )
             write_json_atomic(
                 job_dir / LAUNCH_FILE,

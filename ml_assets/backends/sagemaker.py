@@ -380,17 +380,14 @@ class SageMakerBackend:
         with contextlib.suppress(self._client.exceptions.ResourceInUse):
             self._client.create_training_job(**request)
         description = self._client.describe_training_job(TrainingJobName=request["TrainingJobName"])
-        return JobHandle(
-            backend=self.name,
-            job_id=description["TrainingJobName"],
-            idempotency_key=spec.idempotency_key,
-            output_uri=spec.output_uri,
-            team=spec.team,
-            model=spec.model,
-            details={
+        return JobHandle.for_spec(
+            self.name,
+            spec,
+            {
                 "arn": description["TrainingJobArn"],
                 "created_at": description["CreationTime"].timestamp(),
             },
+            job_id=description["TrainingJobName"],
         )
 
     # -- poll -----------------------------------------------------------------------------------

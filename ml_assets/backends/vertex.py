@@ -641,14 +641,10 @@ class VertexBackend:
             )
 
     def _handle(self, spec: JobSpec, record: dict[str, Any]) -> JobHandle:
-        return JobHandle(
-            backend=self.name,
-            job_id=spec.job_name,
-            idempotency_key=spec.idempotency_key,
-            output_uri=spec.output_uri,
-            team=spec.team,
-            model=spec.model,
-            details={
+        return JobHandle.for_spec(
+            self.name,
+            spec,
+            {
                 "resource_name": record["resource_name"],
                 "create_time": record["create_time"],
             },

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,3 +32,25 @@ class BackendHarness:
     make_spec: Callable[[list[str], str], JobSpec]
     read_result: Callable[[str], dict[str, Any]]
     scratch: Path
+
+
+def adopt_fixtures(
+    namespace: dict[str, Any], directory: Path, prefix: str, suffix: str
+) -> list[str]:
+    """Import each ``<prefix>*.py`` in ``directory``; bind its fixtures named ``*<suffix>`` into
+    ``namespace`` (a conftest's ``globals()``), which makes them fixtures of that directory.
+
+    Only names the module defines count, not ones it imports. Returns the names adopted.
+    """
+    names = []
+    for path in sorted(directory.glob(f"{prefix}*.py")):
+        spec = importlib.util.spec_from_file_location(f"_ml_assets_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        for name, value in vars(module).items():
+            if name.endswith(suffix) and getattr(value, "__module__", None) == module.__name__:
+                namespace[name] = value
+                names.append(name)
+    return names

@@ -16,10 +16,8 @@ What the contract tests assume of every harness:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,36 +27,14 @@ import pytest
 
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus
 from ml_assets.backends.local import LocalBackend, local_path
-from ml_assets.testing.harness import BackendHarness
-
-
-def _load_harness_modules() -> list[str]:
-    """Import every ``harness_<backend>.py`` beside this file and adopt its ``*_harness`` fixtures.
-
-    Each remote backend keeps its harness (fake server and all) in its own module; a fixture
-    object bound to a name in this conftest is a fixture for the whole directory.
-    """
-    names = []
-    for path in sorted(Path(__file__).parent.glob("harness_*.py")):
-        spec = importlib.util.spec_from_file_location(f"_ml_assets_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        for name, value in vars(module).items():
-            if (
-                name.endswith("_harness")
-                and callable(value)
-                and getattr(value, "__module__", None) == module.__name__
-            ):
-                globals()[name] = value
-                names.append(name)
-    return names
-
+from ml_assets.testing.harness import BackendHarness, adopt_fixtures
 
 # Fixture names of every harness the contract suite runs against: local, then every fixture
 # named ``*_harness`` in a ``harness_*.py`` module of this directory.
-HARNESS_FIXTURES: list[str] = ["local_harness", *_load_harness_modules()]
+HARNESS_FIXTURES: list[str] = [
+    "local_harness",
+    *adopt_fixtures(globals(), Path(__file__).parent, "harness_", "_harness"),
+]
 
 
 def _slug(key: str) -> str:

@@ -8,8 +8,6 @@ here; every other registry keeps its fixture (and any server it needs) in a modu
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import ModelRegistry
+from ml_assets.testing.harness import adopt_fixtures
 from ml_assets.testing.mlflow_server import mlflow_server
 
 
@@ -48,30 +47,11 @@ def mlflow_server_registry(mlflow_server_url: str) -> ModelRegistry:
     return load_registry("mlflow", tracking_uri=mlflow_server_url)
 
 
-def _load_registry_modules() -> list[str]:
-    names = []
-    for path in sorted(Path(__file__).parent.glob("registry_*.py")):
-        spec = importlib.util.spec_from_file_location(f"_ml_assets_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        for name, value in vars(module).items():
-            if (
-                name.endswith("_registry")
-                and callable(value)
-                and getattr(value, "__module__", None) == module.__name__
-            ):
-                globals()[name] = value
-                names.append(name)
-    return names
-
-
 REGISTRY_FIXTURES = [
     "local_registry",
     "mlflow_registry",
     "mlflow_server_registry",
-    *_load_registry_modules(),
+    *adopt_fixtures(globals(), Path(__file__).parent, "registry_", "_registry"),
 ]
 
 
