@@ -1,6 +1,6 @@
 """Wall time of ``ml-assets audit <team>/<model> --stage production`` on a registry of 100 versions.
 
-    python bench/audit_time.py [--versions 100] [--repeat 7] [--kinds local,mlflow-server,...]
+    python bench/audit_time.py [--versions 100] [--repeat 7] [--kinds local,sagemaker,...]
 
 For each registry kind it registers ``--versions`` versions of one model (each with a full
 lineage document and a promotion note), makes the last one production, then runs the audit
@@ -52,6 +52,25 @@ def registry_settings(kind: str, root: Path) -> Iterator[tuple[str, dict[str, ob
     if kind == "mlflow-sqlite":
         yield "mlflow", {}
         return
+    if kind == "wandb-offline":
+        os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+        yield "wandb", {"mode": "offline"}
+        return
+    if kind == "sagemaker":
+        from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
+
+        os.environ.update(TEST_ENVIRONMENT)
+        with moto_server(buckets=["bench-registry"]) as url:
+            yield (
+                "sagemaker",
+                {
+                    "storage_root": "s3://bench-registry/registry",
+                    "image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/sklearn:1",
+                    "region_name": REGION,
+                    "endpoint_url": url,
+                },
+            )
+        return
     yield kind, {}
 
 
@@ -94,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--versions", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--kinds", default="local,mlflow-server,mlflow-sqlite")
+    parser.add_argument(
+        "--kinds", default="local,mlflow-server,mlflow-sqlite,wandb-offline,sagemaker"
+    )
     args = parser.parse_args()
     baseline = timed([sys.executable, "-c", "pass"], dict(os.environ), args.repeat)
     print(f"baseline `python -c pass`: {baseline:.3f} s")
