@@ -165,6 +165,23 @@ class ServingSpec(_Spec):
         "endpoint_name, region_name, endpoint_url.",
     )
 
+    @field_validator("sagemaker")
+    @classmethod
+    def _known_sagemaker_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        import inspect
+
+        from ml_assets.serving.sagemaker import sagemaker_endpoint_spec
+
+        accepted = [p for p in inspect.signature(sagemaker_endpoint_spec).parameters][1:]
+        unknown = sorted(set(value) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; it takes: {', '.join(accepted)}")
+        if "role_arn" not in value:
+            raise ValueError("role_arn is required")
+        return value
+
 
 class TeamSpec(_Spec):
     team: Identifier
@@ -210,6 +227,8 @@ class TeamSpec(_Spec):
                 first = exc.errors()[0]
                 where: tuple[str | int, ...] = ("backends", name, *first["loc"])
                 message = _plain(first["msg"])
+                if first["loc"] and first["loc"][0] not in (self.backends.get(name) or {}):
+                    message = "required, not set"
                 if name not in self.backends:
                     message += f" (backend {name!r} needs a backends.{name} section)"
                 raise _FieldError(where, message) from None

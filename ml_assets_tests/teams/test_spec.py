@@ -103,3 +103,41 @@ def test_not_yaml(tmp_path: Path) -> None:
     path = _write(tmp_path, "team: [unclosed")
     with pytest.raises(TeamSpecError, match=r"not valid YAML"):
         load_team_spec(path)
+
+
+def test_remote_backend_without_its_settings_names_the_missing_field(tmp_path: Path) -> None:
+    def edit(spec: dict) -> None:  # type: ignore[type-arg]
+        spec["allowed_backends"] = ["local", "kubernetes"]
+        spec["models"]["fraud_detector"]["backend"] = "kubernetes"
+
+    with pytest.raises(TeamSpecError) as raised:
+        load_team_spec(_with(tmp_path, edit))
+    message = str(raised.value)
+    assert "backends.kubernetes.image: required, not set" in message
+    assert "needs a backends.kubernetes section" in message
+
+
+def test_backend_settings_are_validated_by_the_backend(tmp_path: Path) -> None:
+    def edit(spec: dict) -> None:  # type: ignore[type-arg]
+        spec["allowed_backends"] = ["local", "sagemaker"]
+        spec["backends"] = {
+            "sagemaker": {"role_arn": "arn:aws:iam::1:role/r", "max_runtime_seconds": "soon"}
+        }
+
+    with pytest.raises(TeamSpecError, match=r"line \d+: backends\.sagemaker\.") as raised:
+        load_team_spec(_with(tmp_path, edit))
+    assert "team.yaml" in str(raised.value)
+
+
+def test_unknown_registry_setting_lists_what_it_takes(tmp_path: Path) -> None:
+    path = _with(tmp_path, lambda s: s.update(registry={"kind": "mlflow", "trackin_uri": "x"}))
+    with pytest.raises(
+        TeamSpecError, match=r"registry\.trackin_uri: unknown setting .*tracking_uri"
+    ):
+        load_team_spec(path)
+
+
+def test_unknown_sagemaker_serving_key_is_refused(tmp_path: Path) -> None:
+    path = _with(tmp_path, lambda s: s.update(serving={"sagemaker": {"role": "x"}}))
+    with pytest.raises(TeamSpecError, match=r"serving\.sagemaker: unknown keys \['role'\]"):
+        load_team_spec(path)
