@@ -127,7 +127,9 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
         ),
         code_version=code_version(TRAINING_LOGIC_VERSION, spec.trainer.model_dump()),
         pool="gpu" if spec.resources.gpu_count else None,
-        **model.asset_settings("scikit-learn", spec.backend),
+        **model.asset_settings(
+            "pytorch" if spec.trainer.name == "torch_mlp" else "scikit-learn", spec.backend
+        ),
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
         features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)

@@ -89,7 +89,7 @@ WaitFor = Callable[..., dict[str, JobStatus]]
 def wait_for() -> WaitFor:
     """A helper that polls handles (in one batched call per round) until a condition holds.
 
-    ``wait_for(backend, handles, until=<predicate on JobStatus>, timeout=20.0)`` returns the
+    ``wait_for(backend, handles, until=<predicate on JobStatus>, timeout=60.0)`` returns the
     final statuses once every handle satisfies ``until`` (default: a terminal state), and fails
     the test with the last statuses seen if the timeout passes first.
     """
@@ -98,7 +98,7 @@ def wait_for() -> WaitFor:
         backend: Backend,
         handles: list[JobHandle],
         until: Callable[[JobStatus], bool] = lambda status: status.state.is_terminal,
-        timeout: float = 20.0,
+        timeout: float = 60.0,
     ) -> dict[str, JobStatus]:
         deadline = time.monotonic() + timeout
         while True:
