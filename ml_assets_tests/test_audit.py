@@ -21,9 +21,8 @@ import pytest
 
 from ml_assets.assets.common import ModelKeys, raw_key
 from ml_assets.datasets import file_sha256
-from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.teams.location import team_definitions
-from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets.testing.pipeline import build_raw, run_chain, train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TEAMS_DIR = Path(__file__).parents[1] / "ml_assets" / "teams"
@@ -32,19 +31,8 @@ KEYS = ModelKeys("clinical", "tumor_classifier")
 
 
 def _train_and_chain(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    job = defs.resolve_implicit_global_asset_job_def()
-    assert job.execute_in_process(
-        instance=instance, asset_selection=[KEYS.dataset, KEYS.features, KEYS.trained]
-    ).success
-    before = instance.get_latest_materialization_event(KEYS.trained)
-    reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
-    reconciler.tick_until(
-        lambda: instance.get_latest_materialization_event(KEYS.trained) != before, 120
-    )
-    assert job.execute_in_process(
-        instance=instance,
-        asset_selection=[KEYS.evaluation, KEYS.registered, KEYS.promoted, KEYS.serving],
-    ).success
+    train(defs, instance, KEYS)
+    assert run_chain(defs, instance, KEYS).success
 
 
 def _audit(spec: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,10 +66,7 @@ def test_audit_traces_production_back_to_the_data_and_follows_a_rollback(
         text.replace("    retry:", "    promotion:\n      min_improvement: -0.01\n    retry:")
     )
     defs = team_definitions(spec)
-    raw = platform_defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[raw_key("breast_cancer")]
-    )
-    assert raw.success
+    build_raw(instance, "breast_cancer")
     _train_and_chain(defs, instance)
 
     # The same source with one value of one row changed, recorded as a new raw version.

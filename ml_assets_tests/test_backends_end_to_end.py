@@ -34,7 +34,6 @@ CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "tea
 KEYS = ModelKeys("clinical", "tumor_classifier")
 
 
-
 @contextlib.contextmanager
 def kubernetes(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     from ml_assets.testing.fake_kubernetes import FakeKubernetes

@@ -16,15 +16,14 @@ import boto3
 import dagster as dg
 import pytest
 
-from ml_assets.assets.common import ModelKeys, raw_key
+from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import registry_for
-from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 from ml_assets.testing.mlflow_server import mlflow_server
 from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
-from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets.testing.pipeline import build_raw, run_chain, train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "team.yaml"
@@ -78,22 +77,10 @@ def test_pipeline_promotes_and_serves_through_each_registry(
     spec_path = tmp_path / "team.yaml"
     spec_path.write_text(text + _registry_yaml(kind, tmp_path, request))
     defs = team_definitions(spec_path)
-    assert (
-        platform_defs.resolve_implicit_global_asset_job_def()
-        .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
-        .success
-    )
-    job = defs.resolve_implicit_global_asset_job_def()
-    assert job.execute_in_process(
-        instance=instance, asset_selection=[KEYS.dataset, KEYS.features, KEYS.trained]
-    ).success
-    reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
-    reconciler.tick_until(lambda: instance.get_latest_materialization_event(KEYS.trained), 120)
+    build_raw(instance, "breast_cancer")
+    train(defs, instance, KEYS)
 
-    chain = job.execute_in_process(
-        instance=instance,
-        asset_selection=[KEYS.evaluation, KEYS.registered, KEYS.promoted, KEYS.serving],
-    )
+    chain = run_chain(defs, instance, KEYS)
 
     assert chain.success
     registry = registry_for(load_team_spec(spec_path), instance)
