@@ -14,6 +14,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ml_assets.transport import local_path
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -63,11 +65,6 @@ class Evaluation:
         return asdict(self)
 
 
-def _local_path(uri: str | os.PathLike[str]) -> str:
-    text = os.fspath(uri)
-    return text[len("file://") :] if text.startswith("file://") else text
-
-
 def load_model(artifact_uri: str | os.PathLike[str]) -> TrainedModel:
     """Load a ``model.joblib`` written by the training entrypoint (a local path or file:// URI).
 
@@ -75,7 +72,7 @@ def load_model(artifact_uri: str | os.PathLike[str]) -> TrainedModel:
     """
     import joblib
 
-    bundle = joblib.load(_local_path(artifact_uri))
+    bundle = joblib.load(local_path(os.fspath(artifact_uri)))
     if not isinstance(bundle, dict) or not {"estimator", "feature_columns"} <= set(bundle):
         raise ValueError(
             f"{artifact_uri} is not a model bundle: expected a dict with 'estimator' and "

@@ -119,7 +119,17 @@ class LocalStore:
             shutil.copyfile(source, path)
 
 
-class S3Store:
+class _RemoteStore:
+    """What remote stores share: a download is one read, written to the local path."""
+
+    def read_bytes(self, uri: str) -> bytes:
+        raise NotImplementedError
+
+    def download(self, uri: str, path: Path) -> None:
+        path.write_bytes(self.read_bytes(uri))
+
+
+class S3Store(_RemoteStore):
     """S3 through boto3; the client's own retries (standard mode) absorb throttling and 5xx."""
 
     def __init__(self) -> None:
@@ -158,11 +168,8 @@ class S3Store:
         bucket, key = _bucket_and_key(uri)
         self._client.upload_file(str(path), bucket, key)
 
-    def download(self, uri: str, path: Path) -> None:
-        path.write_bytes(self.read_bytes(uri))
 
-
-class GcsStore:
+class GcsStore(_RemoteStore):
     """Google Cloud Storage through google-cloud-storage (honours ``STORAGE_EMULATOR_HOST``)."""
 
     def __init__(self) -> None:
@@ -198,14 +205,11 @@ class GcsStore:
     def upload(self, path: Path, uri: str) -> None:
         self._blob(uri).upload_from_filename(str(path))
 
-    def download(self, uri: str, path: Path) -> None:
-        path.write_bytes(self.read_bytes(uri))
-
 
 _DBFS_PUT_LIMIT = 1 << 20  # the DBFS API's limit for inline `put` contents
 
 
-class DbfsStore:
+class DbfsStore(_RemoteStore):
     """DBFS through databricks-sdk's DBFS API (``dbfs:/path``)."""
 
     def __init__(self) -> None:
@@ -243,9 +247,6 @@ class DbfsStore:
 
     def upload(self, path: Path, uri: str) -> None:
         self.write_bytes(uri, path.read_bytes())
-
-    def download(self, uri: str, path: Path) -> None:
-        path.write_bytes(self.read_bytes(uri))
 
 
 _STORES: dict[str, type] = {"file": LocalStore, "s3": S3Store, "gs": GcsStore, "dbfs": DbfsStore}

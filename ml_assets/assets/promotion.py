@@ -66,23 +66,37 @@ def _lineage(version: ModelVersion, step: str, key: str) -> Any:
     return section.get(key) if isinstance(section, dict) else None
 
 
+class Tables:
+    """Parquet tables read once per promotion, however many checks look at them."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, Any] = {}
+
+    def of(self, version: ModelVersion, step: str, key: str) -> Any:
+        """The table at ``version.lineage[step][key]`` as a pandas DataFrame."""
+        import pandas as pd
+
+        uri = str(_lineage(version, step, key))
+        if uri not in self._read:
+            with transport.local_copy(uri) as path:
+                self._read[uri] = pd.read_parquet(path)
+        return self._read[uri]
+
+
 def beats_champion(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec
+    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
 ) -> Gate:
     """Score both models on the challenger's holdout rows and compare the primary metric."""
-    import pandas as pd
-
     from ml_assets.evaluation import LOWER_IS_BETTER, evaluate, load_model, predict_scores
 
     metric = policy.primary_metric
     if champion is None:
         return Gate(BEATS_CHAMPION, True, "no production version yet: nothing to beat")
+    frame = tables.of(challenger, "features", "uri")
     with (
-        transport.local_copy(str(_lineage(challenger, "features", "uri"))) as features_path,
         transport.local_copy(str(_lineage(challenger, "training", "artifact_uri"))) as new_path,
         transport.local_copy(str(_lineage(champion, "training", "artifact_uri"))) as old_path,
     ):
-        frame = pd.read_parquet(features_path)
         holdout = frame[frame["split"] == "holdout"]
         labels = holdout["label"].to_numpy()
         try:
@@ -118,20 +132,16 @@ def beats_champion(
 
 
 def data_quality(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec
+    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
 ) -> Gate:
     """Schema against the champion's training data, nulls, and the declared ranges."""
-    import pandas as pd
-
     from ml_assets.quality import null_counts, range_violations, schema_differences, schema_of
 
-    with transport.local_copy(str(_lineage(challenger, "dataset", "path"))) as dataset_path:
-        current = pd.read_parquet(dataset_path)
+    current = tables.of(challenger, "dataset", "path")
     problems: list[str] = []
     numbers: dict[str, Any] = {"rows": len(current), "columns": len(current.columns)}
     if champion is not None and _lineage(champion, "dataset", "path"):
-        with transport.local_copy(str(_lineage(champion, "dataset", "path"))) as reference_path:
-            reference_schema = schema_of(pd.read_parquet(reference_path).head(1))
+        reference_schema = schema_of(tables.of(champion, "dataset", "path"))
         schema = schema_differences(schema_of(current), reference_schema)
         problems += schema
         numbers["schema_differences"] = schema
@@ -155,22 +165,16 @@ def data_quality(
 
 
 def no_drift(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec
+    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
 ) -> Gate:
     """Feature PSI of the challenger's training rows against the champion's."""
-    import pandas as pd
-
     from ml_assets.features import feature_columns
     from ml_assets.quality import population_stability
 
     if champion is None:
         return Gate(NO_DRIFT, True, "no production version yet: no reference to drift from")
-    with (
-        transport.local_copy(str(_lineage(challenger, "features", "uri"))) as current_path,
-        transport.local_copy(str(_lineage(champion, "features", "uri"))) as reference_path,
-    ):
-        current = pd.read_parquet(current_path)
-        reference = pd.read_parquet(reference_path)
+    current = tables.of(challenger, "features", "uri")
+    reference = tables.of(champion, "features", "uri")
     current = current[current["split"] == "train"]
     reference = reference[reference["split"] == "train"]
     scores = population_stability(reference, current, feature_columns(current))
@@ -209,13 +213,14 @@ def run_gates(
 ) -> list[Gate]:
     """Every promotion check; one that cannot run fails with its error rather than passing."""
     gates = []
+    tables = Tables()
     for name, gate in (
         (BEATS_CHAMPION, beats_champion),
         (DATA_QUALITY, data_quality),
         (NO_DRIFT, no_drift),
     ):
         try:
-            gates.append(gate(challenger, champion, policy))
+            gates.append(gate(challenger, champion, policy, tables))
         except Exception as error:  # a check that cannot run must not let the model through
             gates.append(Gate(name, False, f"could not run: {type(error).__name__}: {error}"))
     return gates

@@ -9,6 +9,7 @@ is built, so it never appears in the YAML, the UI or metadata.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -40,15 +41,24 @@ class LocalBackendResource(BackendResource):
         )
 
 
-def with_env_vars(value: Any) -> Any:
-    """Turn every ``{env: NAME}`` mapping in a YAML value into ``dg.EnvVar("NAME")``."""
+def _replace_env(value: Any, replace: Callable[[str, str], Any], where: str = "") -> Any:
+    """``value`` with every ``{env: NAME}`` mapping in it replaced by ``replace(NAME, where)``,
+    ``where`` being the dotted path of the setting."""
     if isinstance(value, dict):
         if set(value) == {"env"} and isinstance(value["env"], str):
-            return dg.EnvVar(value["env"])
-        return {key: with_env_vars(item) for key, item in value.items()}
+            return replace(value["env"], where)
+        return {
+            key: _replace_env(item, replace, f"{where}.{key}" if where else str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [with_env_vars(item) for item in value]
+        return [_replace_env(item, replace, where) for item in value]
     return value
+
+
+def with_env_vars(value: Any) -> Any:
+    """Turn every ``{env: NAME}`` mapping in a YAML value into ``dg.EnvVar("NAME")``."""
+    return _replace_env(value, lambda name, _where: dg.EnvVar(name))
 
 
 class MissingEnvironmentVariable(KeyError):
@@ -61,16 +71,12 @@ def with_env_values(value: Any, where: str = "") -> Any:
     Building a backend this way needs no Dagster context; a missing variable is an error that
     names it and the setting.
     """
-    if isinstance(value, dict):
-        if set(value) == {"env"} and isinstance(value["env"], str):
-            name = value["env"]
-            if name not in os.environ:
-                raise MissingEnvironmentVariable(
-                    f"setting {where or '<root>'} reads environment variable {name}, "
-                    "which is not set"
-                )
-            return os.environ[name]
-        return {k: with_env_values(v, f"{where}.{k}" if where else k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [with_env_values(item, where) for item in value]
-    return value
+
+    def read(name: str, setting: str) -> str:
+        if name not in os.environ:
+            raise MissingEnvironmentVariable(
+                f"setting {setting or '<root>'} reads environment variable {name}, which is not set"
+            )
+        return os.environ[name]
+
+    return _replace_env(value, read, where)

@@ -50,43 +50,41 @@ def _written(path: Path, rows: int, **extra: Any) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(
-    key=raw_key("breast_cancer"),
-    description="scikit-learn's bundled Wisconsin breast-cancer measurements (569 tumours).",
-    code_version="1",
-    kinds={"parquet", "scikit-learn"},
-    **PLATFORM,
-)
-def raw_breast_cancer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    from ml_assets.datasets import load_breast_cancer
+def _bundled_source(source: str, description: str, rate_name: str) -> dg.AssetsDefinition:
+    """The raw asset of a dataset bundled with scikit-learn: ``datasets.load_<source>()``
+    written to Parquet, with the share of positive labels as ``rate_name``."""
 
-    frame = load_breast_cancer()
-    path = storage.asset_file(
-        storage.home(context.instance), raw_key("breast_cancer").path, context.run_id
+    @dg.asset(
+        key=raw_key(source),
+        description=description,
+        code_version="1",
+        kinds={"parquet", "scikit-learn"},
+        **PLATFORM,
     )
-    frame.to_parquet(path, index=False)
-    return _written(path, len(frame), malignant_rate=float(frame["label"].mean()))
+    def raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        from ml_assets import datasets
+
+        frame = getattr(datasets, f"load_{source}")()
+        path = storage.asset_file(
+            storage.home(context.instance), raw_key(source).path, context.run_id
+        )
+        frame.to_parquet(path, index=False)
+        return _written(path, len(frame), **{rate_name: float(frame["label"].mean())})
+
+    return raw
 
 
-@dg.asset(
-    key=raw_key("digits"),
-    description=(
-        "scikit-learn's bundled 8x8 handwritten-digit images (1,797), one column per pixel, "
-        "with the digit and a binary label: 1 for digits 5-9."
-    ),
-    code_version="1",
-    kinds={"parquet", "scikit-learn"},
-    **PLATFORM,
+raw_breast_cancer = _bundled_source(
+    "breast_cancer",
+    "scikit-learn's bundled Wisconsin breast-cancer measurements (569 tumours).",
+    "malignant_rate",
 )
-def raw_digits(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    from ml_assets.datasets import load_digits
-
-    frame = load_digits()
-    path = storage.asset_file(
-        storage.home(context.instance), raw_key("digits").path, context.run_id
-    )
-    frame.to_parquet(path, index=False)
-    return _written(path, len(frame), positive_rate=float(frame["label"].mean()))
+raw_digits = _bundled_source(
+    "digits",
+    "scikit-learn's bundled 8x8 handwritten-digit images (1,797), one column per pixel, "
+    "with the digit and a binary label: 1 for digits 5-9.",
+    "positive_rate",
+)
 
 
 @dg.asset(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,9 @@ class MlflowRegistry:
                     (model_name, version),
                 )
             ]
-        found = _RestVersion({"version": version, "tags": []})
-        found.tags = tags
-        return self._version(found, model_name, dict.fromkeys(aliases, version))
+        return self._version(
+            _Found(str(version), tags), model_name, dict.fromkeys(aliases, version)
+        )
 
     def _rest_lookup(self, endpoint: str, **params: str) -> ModelVersion | None:
         """One version through the server's REST API, without importing mlflow (seconds).
@@ -118,7 +119,7 @@ class MlflowRegistry:
                     return None
             raise
         return self._version(
-            _RestVersion(found),
+            _Found(str(found["version"]), {t["key"]: t["value"] for t in found.get("tags", [])}),
             params["name"],
             {a: found["version"] for a in found.get("aliases", [])},
         )
@@ -270,12 +271,12 @@ class MlflowRegistry:
         )
 
 
-class _RestVersion:
-    """A REST ``model_version`` document with the attributes ``_version`` reads."""
+@dataclass(frozen=True)
+class _Found:
+    """A version read without mlflow (REST or SQLite): what ``_version`` needs of it."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.version = document["version"]
-        self.tags = {tag["key"]: tag["value"] for tag in document.get("tags", [])}
+    version: str
+    tags: dict[str, str]
 
 
 def _all_pages(fetch: Any) -> list[Any]:

@@ -102,6 +102,8 @@ class FakeDatabricks(LoopbackServer):
         job_env: extra environment of every run's process (the platform's, not the job's).
     """
 
+    tick_s = 0.05
+
     def __init__(
         self,
         root: Path,
@@ -125,7 +127,6 @@ class FakeDatabricks(LoopbackServer):
         self._upload_handles = itertools.count(1)
         self._state_lock = threading.Lock()
         self._lost: Counter[str] = Counter()
-        self._stopped = threading.Event()
         for method, pattern, handler in (
             ("POST", f"{_JOBS}/submit", self._submit),
             ("GET", f"{_JOBS}/list", self._list),
@@ -149,25 +150,14 @@ class FakeDatabricks(LoopbackServer):
         self.start()
         return self
 
-    def start(self) -> FakeDatabricks:
-        """Serve, and move runs along (start, reap) every 50 ms as the service's scheduler would."""
-        super().start()
-        assert self._server is not None
-        # Headers and body go out as two writes; with Nagle on, the body waits ~40 ms for the
-        # client's delayed ACK, which made every call cost 40+ ms.
-        self._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        self._stopped.clear()
-        threading.Thread(target=self._schedule, daemon=True).start()
-        return self
-
-    def _schedule(self) -> None:
-        while not self._stopped.wait(0.05):
-            self.processes.all()
+    def tick(self) -> None:
+        """Move runs along (start, reap) as the service's scheduler would."""
+        self.processes.all()
 
     def stop(self) -> None:
         """Stop serving and kill every run still running, at once: a cluster torn down, with
         no grace in which each staged wrapper would upload what it has."""
-        self._stopped.set()
+        self._halt.set()
         for job in list(self.processes.jobs.values()):
             if job.process is not None and job.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -180,6 +180,8 @@ class FakeKubernetes(LoopbackServer):
         created: how many times each ``namespace/name`` was created (a re-run shows as 2).
     """
 
+    tick_s = _CONTROLLER_PERIOD_S
+
     def __init__(
         self,
         root: Path,
@@ -202,8 +204,6 @@ class FakeKubernetes(LoopbackServer):
         self._pods: dict[tuple[str, str], FakeJob] = {}  # (namespace, pod name) -> its job
         self._state_lock = threading.Lock()
         self._version = 0
-        self._stopping = threading.Event()
-        self._controller: threading.Thread | None = None
         for method, pattern, handler in (
             ("POST", JOBS, self._create_job),
             ("GET", JOBS, self._list_jobs),
@@ -218,22 +218,10 @@ class FakeKubernetes(LoopbackServer):
 
     def start(self) -> FakeKubernetes:
         super().start()
-        assert self._server is not None
-        # Send an answer's headers and body at once rather than wait ~40 ms for the client's
-        # delayed ACK between them (Nagle), which would dominate every call's time.
-        handler_class: Any = self._server.RequestHandlerClass
-        handler_class.disable_nagle_algorithm = True
-        self._stopping.clear()
-        self._controller = threading.Thread(target=self._control_loop, daemon=True)
-        self._controller.start()
         return self
 
     def stop(self) -> None:
         """Stop the controller and the server, and kill every pod still running."""
-        self._stopping.set()
-        if self._controller is not None:
-            self._controller.join()
-            self._controller = None
         super().stop()
         self.processes.shutdown()
 
@@ -270,12 +258,11 @@ class FakeKubernetes(LoopbackServer):
         with self._state_lock:
             return self._jobs[(namespace, name)].manifest
 
-    def _control_loop(self) -> None:
+    def tick(self) -> None:
         # Like kube-controller-manager: start pods whose pending time is over, reap finished
         # jobs past their TTL. Reads refresh state too, so this only adds timeliness.
-        while not self._stopping.wait(_CONTROLLER_PERIOD_S):
-            self.processes.all()
-            self._reap_expired()
+        self.processes.all()
+        self._reap_expired()
 
     def _reap_expired(self) -> None:
         now = time.monotonic()

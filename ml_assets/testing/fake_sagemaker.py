@@ -185,7 +185,7 @@ class FakeSageMaker(LoopbackServer):
             as if the answer were lost after the job was created (the client then retries).
     """
 
-    RECONCILE_S = 0.05
+    tick_s = 0.05
 
     def __init__(
         self,
@@ -201,8 +201,6 @@ class FakeSageMaker(LoopbackServer):
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._records_lock = threading.Lock()
         self._stoppers: list[threading.Thread] = []
-        self._halt = threading.Event()
-        self._controller = threading.Thread(target=self._reconcile, daemon=True)
         self._actions: dict[str, Callable[[dict[str, Any]], Response]] = {
             "CreateTrainingJob": self._create,
             "DescribeTrainingJob": self._describe,
@@ -216,17 +214,10 @@ class FakeSageMaker(LoopbackServer):
     def start(self) -> FakeSageMaker:
         self._moto.start()
         super().start()
-        # LoopbackServer's handler sends an answer's headers and body in two writes; with
-        # Nagle's algorithm on, each answer then waits ~40 ms for the client's delayed ACK.
-        assert self._server is not None
-        self._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        self._controller.start()
         return self
 
     def stop(self) -> None:
         """Stop taking calls, kill every job (SIGKILL: a teardown needs no grace), stop moto."""
-        self._halt.set()
-        self._controller.join()
         super().stop()
         self.kill_jobs()
         for thread in self._stoppers:
@@ -277,15 +268,14 @@ class FakeSageMaker(LoopbackServer):
                     os.killpg(job.process.pid, signal.SIGKILL)
                 job.process.wait()
 
-    def _reconcile(self) -> None:
+    def tick(self) -> None:
         """Start jobs whose wait is over and notice ended ones, as SageMaker does unasked."""
-        while not self._halt.wait(self.RECONCILE_S):
-            # Records first: a record is added together with its process, so each has one.
-            with self._records_lock:
-                records = list(self.training_jobs.values())
-            processes = {process.job_id: process for process in self.processes.all()}
-            for record in records:
-                self._enforce_runtime(record, processes[record.name])
+        # Records first: a record is added together with its process, so each has one.
+        with self._records_lock:
+            records = list(self.training_jobs.values())
+        processes = {process.job_id: process for process in self.processes.all()}
+        for record in records:
+            self._enforce_runtime(record, processes[record.name])
 
     # -- the JSON protocol ----------------------------------------------------------------------
 

@@ -34,7 +34,6 @@ import random
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -115,26 +114,6 @@ def _error(status: int, message: str, code: str | None = None) -> Response:
     """A Google API error body, which google-api-core turns into its exception classes."""
     error = {"code": status, "message": message, "status": code or _STATUS_NAMES[status]}
     return Response(status, {"error": error})
-
-
-def _with_google_errors(handler: Any) -> Any:
-    """``handler`` answering errors in Google's shape, the injected faults' too.
-
-    ``LoopbackServer`` answers faults and unrouted calls with ``{"error": "<text>"}``, on which
-    google-api-core fails with an AttributeError instead of raising its exception for the
-    status (so nothing would retry them).
-    """
-
-    class GoogleErrors(handler):  # type: ignore[misc, valid-type]
-        def _send(self, response: Response) -> None:
-            body = response.body
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
-                status = _STATUS_NAMES.get(response.status, "UNKNOWN")
-                google = {"code": response.status, "message": body["error"], "status": status}
-                response = Response(response.status, {"error": google}, response.headers)
-            super()._send(response)
-
-    return GoogleErrors
 
 
 @dataclass
@@ -223,6 +202,8 @@ class FakeVertex(LoopbackServer):
             one is asked for.
     """
 
+    tick_s = TICK_S
+
     def __init__(
         self,
         root: Path,
@@ -248,22 +229,15 @@ class FakeVertex(LoopbackServer):
         self.route("GET", _COLLECTION, self._list)
         self.route("GET", _ONE, self._get)
         self.route("POST", _ONE + ":cancel", self._cancel)
-        self._ticking = threading.Event()
 
-    def start(self) -> FakeVertex:
-        """Serve, and move jobs along (pending to running, exits) every ``TICK_S``."""
-        super().start()
-        assert self._server is not None
-        self._server.RequestHandlerClass = _with_google_errors(self._server.RequestHandlerClass)
-        self._ticking.set()
-        threading.Thread(target=self._tick, daemon=True).start()
-        return self
+    def error_body(self, status: int, message: str) -> Any:
+        """Faults and unrouted calls in Google's error shape, so google-api-core raises (and
+        retries) its exception for the status rather than failing to parse the body."""
+        return _error(status, message).body
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         # A real service starts a job whether or not anyone is looking.
-        while self._ticking.is_set():
-            self.processes.all()
-            time.sleep(TICK_S)
+        self.processes.all()
 
     def backend_settings(self, **overrides: Any) -> dict[str, Any]:
         """``VertexBackendResource`` settings that point the backend at this fake."""
@@ -278,11 +252,11 @@ class FakeVertex(LoopbackServer):
         }
 
     def __enter__(self) -> FakeVertex:
-        return self.start()
+        self.start()
+        return self
 
     def stop(self) -> None:
         """Stop serving and kill every job still running."""
-        self._ticking.clear()
         super().stop()
         self.processes.shutdown()
 

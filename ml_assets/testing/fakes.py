@@ -123,7 +123,13 @@ class LoopbackServer:
     a regex matched against the whole path, and its named groups become ``Request.params``.
     ``calls`` counts answered and faulted calls per ``"METHOD pattern"``; ``total_calls()`` sums
     them. Use as a context manager, or call ``start`` and ``stop``.
+
+    A fake whose service acts unasked (starts jobs, notices exits) sets ``tick_s`` and
+    overrides ``tick``: it then runs every ``tick_s`` seconds on a thread of its own while the
+    server runs.
     """
+
+    tick_s: float | None = None
 
     def __init__(self, faults: Faults | None = None) -> None:
         self.faults = faults or Faults()
@@ -132,6 +138,8 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._halt = threading.Event()
 
     def error_body(self, status: int, message: str) -> Any:
         """The body of an error the server answers itself (faults, unrouted calls).
@@ -169,9 +177,25 @@ class LoopbackServer:
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        if self.tick_s is not None:
+            self._halt.clear()
+            self._ticker = threading.Thread(target=self._tick_loop, daemon=True)
+            self._ticker.start()
         return self
 
+    def tick(self) -> None:
+        """What the service does on its own every ``tick_s`` seconds; nothing by default."""
+
+    def _tick_loop(self) -> None:
+        assert self.tick_s is not None
+        while not self._halt.wait(self.tick_s):
+            self.tick()
+
     def stop(self) -> None:
+        self._halt.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
+from ml_assets import transport
 from ml_assets.datasets import file_sha256
 from ml_assets.evaluation import TrainedModel, predict_scores
 from ml_assets.features import feature_columns
@@ -78,24 +79,21 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _local_path(uri: str, key: str) -> Path:
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    elif "://" in uri:
+    if not transport.is_local(uri):
         raise ValueError(
-            f"{key} {uri!r} is not a local path; the training entrypoint reads and writes local "
-            "files only (the compute backend stages remote data)"
+            f"{key} {uri!r} is not a local path; the training entrypoint writes local files "
+            "only (ml_assets.training.stage ships them to object storage)"
         )
-    return Path(uri).expanduser().resolve()
+    return transport.local_path(uri).resolve()
 
 
 def _input_path(uri: str) -> Path:
-    """A local copy of an input: the path itself, or a download from object storage."""
-    if ("://" in uri and not uri.startswith("file://")) or uri.startswith("dbfs:/"):
-        from ml_assets import transport  # the cloud SDK is imported only for remote inputs
-
-        _say(f"downloading {uri}")
-        return transport.fetch(uri)
-    return _local_path(uri, "features_uri")
+    """A local copy of an input: the path itself, or a download from object storage (whose
+    SDK ``transport`` imports only then)."""
+    if transport.is_local(uri):
+        return _local_path(uri, "features_uri")
+    _say(f"downloading {uri}")
+    return transport.fetch(uri)
 
 
 def parse_job(job: Any) -> dict[str, Any]:
