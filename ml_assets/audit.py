@@ -165,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument(
         "--spec", type=Path, help="the team's YAML (default: ml_assets/teams/<team>/team.yaml)"
     )
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of team.yaml files, for editors"
+    )
+    schema.add_argument("--write", type=Path, help="write it to this file instead")
     args = parser.parse_args(argv)
+    if args.command == "schema":
+        return _print_schema(args.write)
     team, _, model = args.model.partition("/")
     if not team or not model:
         parser.error(f"expected <team>/<model>, got {args.model!r}")
@@ -180,6 +186,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     record = audit_record(version)
     print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_text(record))
+    return 0
+
+
+def _print_schema(target: Path | None) -> int:
+    from ml_assets.teams.spec import team_json_schema
+
+    text = json.dumps(team_json_schema(), indent=2, sort_keys=True) + "\n"
+    if target is None:
+        sys.stdout.write(text)
+    else:
+        target.write_text(text)
     return 0
 
 

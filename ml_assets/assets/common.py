@@ -18,11 +18,6 @@ JOB_ID_TAG = "ml_assets/job_id"
 TEAM_TAG = "ml_assets/team"
 
 
-def raw_key(source: str) -> dg.AssetKey:
-    """The platform location's raw-data asset for a source."""
-    return dg.AssetKey(["platform", f"raw_{source}"])
-
-
 @dataclass(frozen=True)
 class ModelKeys:
     """The asset keys of one model's chain, under the team's key prefix."""

@@ -59,7 +59,7 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
             keys.registered
         )
         metric_names = list(_metrics(evaluation))
-        from ml_assets.datasets import file_sha256
+        from ml_assets.tables import file_sha256
 
         registry = registry_for(team, instance)
         with transport.local_copy(str(trained["artifact"])) as artifact_path:

@@ -4,12 +4,12 @@ The step records the job's handle as an ``AssetObservation`` and ends in seconds
 reconciling sensor materializes the asset when the job finishes, however long that takes.
 """
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster_pipes import decode_param
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import (
@@ -20,48 +20,88 @@ from ml_assets.assets.common import (
     latest_metadata,
 )
 from ml_assets.backends.base import JobHandle, JobSpec, idempotency_key, job_name_for
+from ml_assets.teams.spec import TrainerSpec
+from ml_assets.training.builtin import BUILTIN_TRAINERS
+from ml_assets.training.messages import messages_params, pipes_context, pipes_env
 
-TRAINING_LOGIC_VERSION = "1"
-ENTRYPOINT = ["python", "-m", "ml_assets.training.entrypoint"]
+CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
+
+TRAINING_LOGIC_VERSION = "2"
+RUNNER = ["python", "-m", "ml_assets.training.runner"]
 SUBMITTED = "submitted"
 
 
 def build_job_spec(
-    model: ModelContext, *, run_id: str, features_uri: str, home: Path, storage_root: str | None
+    model: ModelContext,
+    *,
+    run_id: str,
+    features_uri: str,
+    features_data_version: str,
+    home: Path,
+    storage_root: str | None,
 ) -> JobSpec:
     """The first attempt of the job that trains ``model`` on one features file.
 
+    A function trainer runs the library's runner (staged, so its image needs ml_assets); a
+    command trainer runs the team's command in the team's image as it is. Either way the job
+    gets its Dagster Pipes context (the extras below) and message location in its environment.
     Jobs write under ``<storage_root>/jobs/<team>/<model>/`` when the backend has object storage
-    (a remote backend's ``storage_root`` setting), else under ``<home>/jobs/``. The command does
-    not name its output location (the backend passes it as ``ML_ASSETS_OUTPUT_URI``), so a retry
-    is the same spec under another key: see ``for_attempt``.
+    (a remote backend's ``storage_root`` setting), else under ``<home>/jobs/``.
     """
     jobs_root = transport.join(storage_root, "jobs") if storage_root else str(home / "jobs")
     spec, team = model.spec, model.team.team
-    job = {
-        "trainer": spec.trainer.name,
-        "hyperparameters": spec.trainer.hyperparameters,
+    trainer = spec.trainer
+    extras = {
+        "trainer": trainer.reference,
+        "hyperparameters": trainer.hyperparameters,
+        "seed": trainer.seed,
+        "task": spec.task,
         "features_uri": features_uri,
-        "seed": spec.trainer.seed,
+        "features_data_version": features_data_version,
+        "label": "label",
     }
+    if trainer.reference is not None:
+        command, staged, working_dir = list(RUNNER), True, None
+    else:
+        command, staged = list(trainer.command or []), False
+        working_dir = trainer.working_dir
+        if working_dir is None and spec.backend == "local" and model.team.folder:
+            working_dir = str(model.team.folder)
     draft = JobSpec(
         team=team,
         model=model.name,
-        command=[*ENTRYPOINT, "--job", json.dumps(job, sort_keys=True)],
+        command=command,
         output_uri=transport.join(jobs_root, team, model.name, "draft"),
         idempotency_key="draft",
         backend=spec.backend,
         resources=spec.resources,
+        env=pipes_env(pipes_context([team, model.name], run_id, 0, extras), {}),
         labels={"ml-assets-team": team, "ml-assets-model": model.name},
+        image=trainer.image,
+        staged=staged,
+        working_dir=working_dir,
     )
     return for_attempt(draft, run_id=run_id, attempt=1)
 
 
+def job_extras(spec: JobSpec) -> dict[str, Any]:
+    """The Pipes extras a job was given (its trainer, features, hyperparameters...)."""
+    context = decode_param(spec.env[CONTEXT_ENV])["data"]
+    extras: dict[str, Any] = context["extras"]
+    return extras
+
+
 def for_attempt(spec: JobSpec, *, run_id: str, attempt: int) -> JobSpec:
-    """The same job for another attempt: its own key and its own output folder beside the rest."""
+    """The same job for another attempt: its own key, its own output folder beside the rest,
+    and a Pipes context and message location to match."""
     key = idempotency_key(spec.team, spec.model, run_id, attempt)
     output = transport.sibling(spec.output_uri, job_name_for(spec.team, spec.model, key))
-    return spec.model_copy(update={"idempotency_key": key, "output_uri": output})
+    context = pipes_context([spec.team, spec.model], run_id, attempt - 1, job_extras(spec))
+    env = {
+        **spec.env,
+        **pipes_env(context, messages_params(output, spec.staged)),
+    }
+    return spec.model_copy(update={"idempotency_key": key, "output_uri": output, "env": env})
 
 
 def stage_features(features_path: str, data_version: str, storage_root: str | None) -> str:
@@ -96,6 +136,7 @@ def submission_event(
         "attempt": attempt,
         "code_version": code_version or "",
         "features_storage_id": features_storage_id,
+        "features_uri": job_extras(spec).get("features_uri", ""),
     }
     return dg.AssetObservation(
         asset_key=model.keys.trained,
@@ -121,15 +162,14 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
         deps=[keys.features],
         output_required=False,
         description=(
-            f"{spec.description or model.name} — trained with {spec.trainer.name} on the "
+            f"{spec.description or model.name} — {spec.task} model trained by "
+            f"{spec.trainer.label} on the "
             f"{spec.backend} backend. Materialized by the {model.team.team}_training_reconciler "
             "sensor when the job finishes."
         ),
         code_version=code_version(TRAINING_LOGIC_VERSION, spec.trainer.model_dump()),
         pool="gpu" if spec.resources.gpu_count else None,
-        **model.asset_settings(
-            "pytorch" if spec.trainer.name == "torch_mlp" else "scikit-learn", spec.backend
-        ),
+        **model.asset_settings(_trainer_kind(spec.trainer), spec.backend),
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
         features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)
@@ -140,6 +180,7 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             features_uri=stage_features(
                 str(features["path"]), str(features["data_version"]), storage_root
             ),
+            features_data_version=str(features["data_version"]),
             home=storage.home(context.instance),
             storage_root=storage_root,
         )
@@ -165,3 +206,12 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             raise
 
     return trained_model
+
+
+def _trainer_kind(trainer: TrainerSpec) -> str:
+    """The kind the UI shows for how the model is trained."""
+    if trainer.function is None:
+        return "docker"
+    if trainer.function == "torch_mlp":
+        return "pytorch"
+    return "scikit-learn" if trainer.function in BUILTIN_TRAINERS else "python"

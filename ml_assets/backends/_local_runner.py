@@ -10,6 +10,10 @@ its directory, whatever happens to the process that submitted it:
 - SIGTERM sent to the runner is forwarded to the command's process group, so cancelling
   reaches everything the command started.
 
+The command runs in the launch record's ``cwd`` (the spec's working directory), else in the
+job's directory, with the runner's environment plus the spec's ``env`` (the Pipes context and
+messages parameters), ``ML_ASSETS_JOB_ID`` and ``ML_ASSETS_OUTPUT_URI`` = the job's directory.
+
 It also holds the ``/proc`` parsing and the state lock that ``ml_assets.backends.local`` shares
 with it. Standard library only: it runs for the whole life
 of every local job, so it must not pay for dagster, pydantic or anything else heavy.
@@ -37,8 +41,6 @@ RUNNER_FILE = "runner.json"
 EXIT_FILE = "exit.json"
 CANCELLED_FILE = "cancelled"
 LOG_FILE = "job.log"
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.json"
 SUBMIT_LOCK_FILE = "submit.lock"
 STATE_LOCK_FILE = "state.lock"
 
@@ -123,7 +125,7 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the kernel kill the command if the runner itself dies.
 
     Without it, a runner killed with SIGKILL would leave the command running unsupervised: its
-    end would never be recorded, yet it could still write ``result.json`` later.
+    end would never be recorded, yet it could still write its outputs and messages later.
     """
     try:
         import ctypes
@@ -200,7 +202,7 @@ class _Runner:
             try:
                 child = subprocess.Popen(
                     argv,
-                    cwd=self.job_dir,
+                    cwd=self.launch.get("cwd") or self.job_dir,
                     env=self._child_env(),
                     stdin=subprocess.DEVNULL,
                     close_fds=True,

@@ -50,8 +50,9 @@ class JobSpec(_Frozen):
     """Everything a backend needs to start one training job.
 
     ``command`` is the process to run (argv); for ml_assets' own trainers it is
-    ``python -m ml_assets.training.entrypoint --job <json>``. ``output_uri`` is where the job
-    writes its ``result.json`` (and where the local backend keeps its log).
+    ``python -m ml_assets.training.runner``, and a team's own script for an image trainer.
+    ``output_uri`` is where the job writes its artifact and its Dagster Pipes messages (and where
+    the local backend keeps its log). ``env`` carries the Pipes context and message parameters.
     """
 
     team: str
@@ -63,6 +64,17 @@ class JobSpec(_Frozen):
     resources: Resources = Field(default_factory=Resources)
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+    image: str | None = Field(
+        None, description="The container image to run, over the backend's own default image."
+    )
+    staged: bool = Field(
+        True,
+        description="Run the command under ``ml_assets.training.stage`` (which needs ml_assets "
+        "in the image). False runs it as it is: it writes to ``ML_ASSETS_OUTPUT_URI`` itself.",
+    )
+    working_dir: str | None = Field(
+        None, description="The command's working directory (a container's workingDir)."
+    )
 
     @property
     def job_name(self) -> str:

@@ -1,20 +1,37 @@
 """Databricks: each training job is one one-time run (Jobs API ``runs/submit``) on a new cluster.
 
-The run has one ``python_wheel_task``: package ``ml_assets``, entry point ``ml-assets-job``
-(``ml_assets.training.stage:main``), whose parameters are the staged command's arguments
-(``remote.staged_command(spec)[3:]``: ``--output-uri URI --sync-seconds S -- <command>``). The
-``wheel`` setting names the ml_assets wheel the cluster installs (a ``libraries`` entry). The job
-writes to the spec's ``output_uri`` as given (normally ``dbfs:/...``; the asset layer builds it
-with ``remote.output_location(storage_root, spec)``), with the runtime's own DBFS credentials.
-All calls go through ``databricks-sdk``'s ``WorkspaceClient``.
+The run has one task, whose shape follows ``JobSpec.staged``:
+
+* staged (the default): a ``python_wheel_task``, package ``ml_assets``, entry point
+  ``ml-assets-job`` (``ml_assets.training.stage:main``), whose parameters are the staged
+  command's arguments (``remote.staged_command(spec)[3:]``: ``--output-uri URI --sync-seconds S
+  -- <command>``). The ``wheel`` setting names the ml_assets wheel the cluster installs (a
+  ``libraries`` entry). The wrapper uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a
+  non-zero exit, ``failure.json``.
+* unstaged (``staged=False``): Databricks runs no arbitrary argv, only tasks of its own kinds, so
+  the command must be ``python <file> [arguments...]``. It becomes a ``spark_python_task`` with
+  ``python_file`` = ``<file>`` (a workspace path, a Unity Catalog volume path, or a ``dbfs:/``,
+  ``s3://``... URI, as Databricks reads it) and ``parameters`` = the arguments, run by the
+  cluster's own Python; any other command is a ``ValueError`` at submit. No wheel is installed:
+  the cluster (its image) must provide what the script imports, ``dagster-pipes`` included. The
+  script writes to ``ML_ASSETS_OUTPUT_URI`` itself.
+
+The job's environment (the cluster's ``spark_env_vars``) is ``spec.env``, plus
+``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` for an unstaged job. ``spec.image`` runs the cluster in
+that Docker image (Databricks Container Services, ``new_cluster.docker_image.url``; the workspace
+must allow it) on ``container_spark_version``, a standard runtime, since the ML runtimes do not
+support custom containers. ``spec.working_dir`` does not apply to Databricks tasks and is
+ignored. The job writes to the spec's ``output_uri`` as given (normally ``dbfs:/...``; the asset
+layer builds it with ``remote.output_location(storage_root, spec)``), with the runtime's own DBFS
+credentials. All calls go through ``databricks-sdk``'s ``WorkspaceClient``.
 
 Credentials: ``host`` and ``token`` when set (write the token as ``{env: DATABRICKS_TOKEN}``),
 else the SDK's default chain (``DATABRICKS_HOST``/``DATABRICKS_TOKEN``, ``~/.databrickscfg``,
 OAuth, Azure CLI, ...). The token goes into no request body, tag, handle or log.
 
 The cluster is single-node (``num_workers`` 0 with the single-node ``spark_conf`` and
-``ResourceClass`` tag) on ``gpu_spark_version`` (an ML GPU runtime) when GPUs are asked for, else
-``spark_version``. Its node type is the smallest shape of ``NODE_TYPES`` (AWS node types; by GPU
+``ResourceClass`` tag) on ``container_spark_version`` for a job with an image, else on
+``gpu_spark_version`` (an ML GPU runtime) when GPUs are asked for, else ``spark_version``. Its node type is the smallest shape of ``NODE_TYPES`` (AWS node types; by GPU
 count, then vCPUs, then memory) with at least the requested GPUs, vCPUs and memory:
 
 ==============  =========================================================================
@@ -47,7 +64,9 @@ its ``start_time`` as the service reports them (``runs/get``), so equal keys giv
 Poll: ``runs/list`` with ``run_type=SUBMIT_RUN`` and ``start_time_from`` = the earliest handle's
 start time, ``page_size`` runs a page (the API allows at most 25: one poll of 1,000 in-flight jobs
 takes 40 list calls), stopping once every handle's run is seen; ``runs/get`` only for a run the
-list did not show. Ended runs read their outcome with ``remote.finished_status``. Cancel:
+list did not show. A run that ended in ``SUCCESS`` succeeded (``result_uri`` = its
+``output_uri``, whose Pipes messages say what it produced); a failed one's message is the
+service's plus the staged ``failure.json``. Cancel:
 ``runs/cancel`` (an ended run stays as it ended). Logs: ``runs/get-output`` of the task run
 (stdout/stderr and the error), else the staged ``job.log`` (``remote.read_log``).
 
@@ -59,10 +78,12 @@ few times itself. All calls are safe to repeat (submit through its token).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from pydantic import Field
@@ -239,6 +260,11 @@ class DatabricksBackendResource(BackendResource):
         default="15.4.x-gpu-ml-scala2.12",
         description="Databricks runtime of jobs that ask for GPUs.",
     )
+    container_spark_version: str = Field(
+        default="15.4.x-scala2.12",
+        description="Databricks runtime of jobs that name their own image (a standard runtime: "
+        "the ML runtimes do not support Databricks Container Services).",
+    )
     node_types: dict[str, str] = Field(
         default_factory=dict,
         description="Node type overrides: 'cpu' or '<gpu_type>:<count>' -> node type id.",
@@ -248,7 +274,7 @@ class DatabricksBackendResource(BackendResource):
         description="GPU type of a job that asks for GPUs but names none.",
     )
     sync_seconds: float = Field(
-        default=10.0, gt=0, description="How often a running job uploads job.log and progress."
+        default=10.0, gt=0, description="How often a running staged job uploads log and messages."
     )
     page_size: int = Field(
         default=MAX_PAGE_SIZE,
@@ -285,8 +311,35 @@ def stage_parameters(spec: JobSpec, sync_seconds: float) -> list[str]:
     return command[3:]
 
 
+_PYTHON = re.compile(r"python(\d+(\.\d+)*)?")
+
+
+def spark_python_task(spec: JobSpec) -> dict[str, Any]:
+    """The ``spark_python_task`` of an unstaged job: ``python <file> [arguments...]``.
+
+    Raises ``ValueError`` for any other command, naming what Databricks can run.
+    """
+    command = spec.command
+    if (
+        len(command) < 2
+        or not _PYTHON.fullmatch(PurePosixPath(command[0]).name)
+        or command[1].startswith("-")
+    ):
+        raise ValueError(
+            f"Databricks cannot run the unstaged command {command[:3]!r}...: an unstaged job "
+            "runs as a spark_python_task, so its command must be `python <file> [arguments...]`, "
+            "the file a workspace path, a Unity Catalog volume path or a dbfs:/, s3://, gs:// or "
+            "abfss:// URI; or run it staged (staged: true) in an image with ml_assets"
+        )
+    task: dict[str, Any] = {"python_file": command[1]}
+    if command[2:]:
+        task["parameters"] = list(command[2:])
+    return task
+
+
 def build_submit_request(spec: JobSpec, settings: DatabricksBackendResource) -> dict[str, Any]:
-    """The ``runs/submit`` body for ``spec``: one wheel task on a new single-node cluster."""
+    """The ``runs/submit`` body for ``spec``: one task on a new single-node cluster (see the
+    module docstring for the task's shape)."""
     resources = spec.resources
     token = idempotency_token(spec)
     tags = {
@@ -297,27 +350,35 @@ def build_submit_request(spec: JobSpec, settings: DatabricksBackendResource) -> 
         KEY_TAG: token,
         "ResourceClass": "SingleNode",
     }
+    if spec.image:
+        spark_version = settings.container_spark_version
+    elif resources.gpu_count:
+        spark_version = settings.gpu_spark_version
+    else:
+        spark_version = settings.spark_version
     cluster: dict[str, Any] = {
-        "spark_version": settings.gpu_spark_version
-        if resources.gpu_count
-        else settings.spark_version,
+        "spark_version": spark_version,
         "node_type_id": node_type_for(resources, settings.node_types, settings.default_gpu_type),
         "num_workers": 0,
         "spark_conf": dict(SINGLE_NODE_CONF),
         "custom_tags": tags,
     }
-    if spec.env:
-        cluster["spark_env_vars"] = dict(spec.env)
-    task: dict[str, Any] = {
-        "task_key": TASK_KEY,
-        "python_wheel_task": {
+    if spec.image:
+        cluster["docker_image"] = {"url": spec.image}
+    env = remote.container_env(spec)
+    if env:
+        cluster["spark_env_vars"] = env
+    task: dict[str, Any] = {"task_key": TASK_KEY}
+    if spec.staged:
+        task["python_wheel_task"] = {
             "package_name": PACKAGE_NAME,
             "entry_point": ENTRY_POINT,
             "parameters": stage_parameters(spec, settings.sync_seconds),
-        },
-        "new_cluster": cluster,
-    }
-    if settings.wheel:
+        }
+    else:
+        task["spark_python_task"] = spark_python_task(spec)
+    task["new_cluster"] = cluster
+    if settings.wheel and spec.staged:
         task["libraries"] = [{"whl": settings.wheel}]
     request: dict[str, Any] = {
         "run_name": spec.job_name,

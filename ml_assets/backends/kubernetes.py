@@ -3,10 +3,13 @@
 The Job is named ``spec.job_name`` (deterministic from the idempotency key), so the API
 server's name uniqueness is what makes ``submit`` idempotent: a ``409 AlreadyExists`` means the
 job is there already, and its ``ml-assets/idempotency-key`` annotation is checked to be ours.
-The container runs ``remote.staged_command``, which uploads ``result.json`` / ``failure.json`` /
-``job.log`` to the job's ``output_uri``; the backend uses ``spec.output_uri`` as given (the asset
-layer builds it as ``<storage_root>/jobs/<team>/<model>/<job name>``, see
-``remote.output_location``). ``storage_root`` may be ``s3://``, ``gs://`` (the pod reaches it with
+The container runs ``spec.image`` (else the ``image`` setting) in ``spec.working_dir`` (its
+``workingDir``; else the image's WORKDIR) with ``spec.env``. A staged job's command is
+``remote.staged_command``, which uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a
+non-zero exit, ``failure.json`` to the job's ``output_uri``; an unstaged one (``staged=False``)
+runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there
+itself. The backend uses ``spec.output_uri`` as given (the asset layer builds it as
+``<storage_root>/jobs/<team>/<model>/<job name>``, see ``remote.output_location``). ``storage_root`` may be ``s3://``, ``gs://`` (the pod reaches it with
 its service account's cloud identity, never a secret in the job's env) or a path on a volume that
 both the pod and the Dagster processes mount (``shared_volume_claim`` mounts a PVC at that path).
 
@@ -29,10 +32,13 @@ the team's YAML, e.g. ``{nvidia-a100-80gb: {nvidia.com/gpu.product: NVIDIA-A100-
 replaces the default table.
 
 Polling lists the jobs of each (namespace, team) with one paginated ``list_namespaced_job`` by
-label selector. A job that is no longer listed was cancelled if ``cancel`` left a
-``cancelled.json`` marker in its output (the marker is the durable record, readable from any
-process); otherwise its staged outcome decides (a job removed by ``ttlSecondsAfterFinished``
-still has its ``result.json``), else it failed. Logs come from the job's pod, or the staged
+label selector. A ``Complete`` Job succeeded (``result_uri`` = its ``output_uri``: its Pipes
+messages there say what it produced), a ``Failed`` one failed. A job that is no longer listed
+was cancelled if ``cancel`` left a ``cancelled.json`` marker in its output (the marker is the
+durable record, readable from any process); else it failed if it left a staged
+``failure.json``; else, if it left any output (``job.log`` or Pipes messages), it ran and was
+removed after it ended (``ttlSecondsAfterFinished``) and is reported succeeded, its messages
+deciding; else it failed. Logs come from the job's pod, or the staged
 ``job.log`` once the pod is gone. The client's urllib3 retries (``Configuration.retries``) absorb
 429, 5xx and dropped connections for every verb, POST included: a retried create answered
 ``409`` is taken as success.
@@ -67,8 +73,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 STORAGE_VOLUME = "ml-assets-storage"
 CANCELLED_MARKER = "cancelled.json"
-# Written by the staged command; their presence means the job already ran in this output.
-_RAN_MARKERS = (CANCELLED_MARKER, "job.log")
+FAILURE_FILE = "failure.json"
+# Written by cancel, the staged command or the job's Pipes message writer (a file or numbered
+# chunks); their presence means the job already ran in this output.
+_OUTPUT_MARKERS = ("job.log", "messages.jsonl", "messages/1.json")
+_RAN_MARKERS = (CANCELLED_MARKER, *_OUTPUT_MARKERS)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 _CREATE_ATTEMPTS = 3
 
@@ -116,7 +125,9 @@ class KubernetesBackendResource(BackendResource):
     ssl_ca_cert: str | None = Field(None, description="CA bundle for `host` (a file path).")
     insecure_skip_tls_verify: bool = Field(False, description="Skip TLS checks for `host`.")
     namespace: str = Field("default", description="Namespace the jobs run in.")
-    image: str = Field(description="Container image with ml_assets and the trainers installed.")
+    image: str = Field(
+        description="Default container image (with ml_assets) for jobs that name no image."
+    )
     storage_root: str = Field(
         description="Where job outputs go: s3://..., gs://... or a path on a shared volume."
     )
@@ -128,7 +139,7 @@ class KubernetesBackendResource(BackendResource):
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     sync_seconds: float = Field(
-        10.0, ge=0, description="How often a running job uploads job.log and progress.json."
+        10.0, ge=0, description="How often a running staged job uploads its log and messages."
     )
     ttl_seconds_after_finished: int | None = Field(
         86400, ge=0, description="Delete finished jobs after this long; null keeps them."
@@ -271,19 +282,20 @@ def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[s
     Raises ``ValueError`` for an unknown GPU type, a bad label key or toleration, or a
     ``shared_volume_claim`` with a storage_root that is not a path.
     """
-    if not spec.command:
-        raise ValueError("a JobSpec needs a non-empty command")
     labels = job_labels(spec)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": settings.image,
+        "image": spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": remote.staged_command(spec, settings.sync_seconds),
+        "command": remote.container_command(spec, settings.sync_seconds),
         "resources": container_resources(spec.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.env:
-        container["env"] = [{"name": name, "value": spec.env[name]} for name in sorted(spec.env)]
+    if spec.working_dir:
+        container["workingDir"] = spec.working_dir
+    env = remote.container_env(spec)
+    if env:
+        container["env"] = [{"name": name, "value": env[name]} for name in sorted(env)]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -537,21 +549,26 @@ class KubernetesBackend:
         uri = handle.output_uri
         if transport.exists(transport.join(uri, CANCELLED_MARKER)):
             return JobStatus(job_id=handle.job_id, state=JobState.CANCELLED, message="cancelled")
-        if transport.exists(transport.join(uri, "result.json")):
-            return remote.finished_status(handle.job_id, JobState.SUCCEEDED, uri)
-        if transport.exists(transport.join(uri, "failure.json")):
+        if transport.exists(transport.join(uri, FAILURE_FILE)):
             return remote.finished_status(
                 handle.job_id,
                 JobState.FAILED,
                 uri,
                 "the Kubernetes job was deleted after it failed",
             )
+        if any(transport.exists(transport.join(uri, marker)) for marker in _OUTPUT_MARKERS):
+            return remote.finished_status(
+                handle.job_id,
+                JobState.SUCCEEDED,
+                uri,
+                "the Kubernetes job was removed after it ended; its messages tell its outcome",
+            )
         return JobStatus(
             job_id=handle.job_id,
             state=JobState.FAILED,
             message=(
                 f"Kubernetes job {handle.job_id} is gone from namespace "
-                f"{self._namespace(handle)} and left no result in {uri}: it was deleted outside "
+                f"{self._namespace(handle)} and left no output in {uri}: it was deleted outside "
                 f"ml_assets, or its pod was killed before the output was uploaded"
             ),
         )

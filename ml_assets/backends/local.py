@@ -10,12 +10,16 @@ files, so any process holding nothing but the ``JobHandle`` can poll, cancel or 
 ``runner.json``    runner and command pid + kernel start time, written once the command runs
 ``exit.json``      ``{"returncode", "finished_at"}``, written when the command has ended
 ``cancelled``      marker written by ``cancel``; wins over everything else
-``result.json``    written by the job itself; required for success
-``progress.json``  optional, written by the job: ``{"fraction": float, "message": str}``
 =================  ==========================================================================
 
 The command runs under ``ml_assets.backends._local_runner`` in a new session, so it outlives
-the Dagster step (and the code server) that submitted it. No dagster import here: the lead's
+the Dagster step (and the code server) that submitted it. It runs as it is (``JobSpec.staged``
+and ``JobSpec.image`` do not apply on this machine), in ``JobSpec.working_dir`` if given (a
+relative one is taken from the job's directory), else in the job's directory, with the
+environment of the submitting process, ``extra_env``, ``spec.env`` (the Pipes context and
+messages parameters) and ``ML_ASSETS_OUTPUT_URI`` = the job's directory, where it writes its
+artifacts and Pipes messages. A command that exits 0 is ``SUCCEEDED`` with ``result_uri`` = the
+job's ``output_uri``; what it produced is for the reconciler to read from its messages. No dagster import here: the lead's
 resource layer wraps this class.
 """
 
@@ -39,8 +43,6 @@ from ml_assets.backends._local_runner import (
     HANDLE_FILE,
     LAUNCH_FILE,
     LOG_FILE,
-    PROGRESS_FILE,
-    RESULT_FILE,
     RUNNER_FILE,
     SUBMIT_LOCK_FILE,
     current_boot_id,
@@ -60,7 +62,7 @@ _IMPORT_ROOT = Path(__file__).resolve().parents[2]
 _IMPORT_ROOT_IS_INSTALL = _IMPORT_ROOT.name in ("site-packages", "dist-packages")
 
 # Bookkeeping files that, found without a ``handle.json``, mean the directory is not ours.
-_LEFTOVER_FILES = (RUNNER_FILE, EXIT_FILE, CANCELLED_FILE, RESULT_FILE)
+_LEFTOVER_FILES = (RUNNER_FILE, EXIT_FILE, CANCELLED_FILE)
 
 _PYTHON_ALIASES = frozenset({"python", "python3"})
 _FAILURE_LOG_LINES = 5
@@ -198,6 +200,7 @@ class LocalBackend:
                     "idempotency_key": spec.idempotency_key,
                     "argv": self._argv(spec.command),
                     "env": dict(spec.env),
+                    "cwd": str(job_dir / spec.working_dir) if spec.working_dir else None,
                     "spec": spec.model_dump(mode="json"),
                 },
             )
@@ -268,7 +271,7 @@ class LocalBackend:
         job_dir = self._job_dir(handle)
 
         def status(state: JobState, message: str) -> JobStatus:
-            return JobStatus(job_id=handle.job_id, state=state, message=message, progress=None)
+            return JobStatus(job_id=handle.job_id, state=state, message=message)
 
         if not job_dir.is_dir():
             return status(
@@ -287,7 +290,7 @@ class LocalBackend:
             return terminal
         runner = read_json(job_dir / RUNNER_FILE)
         if runner is not None and self._runner_alive(runner, boot_id):
-            return self._running_status(handle, job_dir, runner)
+            return self._running_status(handle, runner)
         # The runner may have finished between the reads above and the liveness check.
         terminal = self._terminal_status(handle, job_dir)
         if terminal is not None:
@@ -336,33 +339,19 @@ class LocalBackend:
                 f"the job exited with return code {returncode}{_signal_note(returncode)}"
                 + _log_excerpt(job_dir)
             )
-        result = job_dir / RESULT_FILE
-        if not result.is_file():
-            return failed(
-                f"the job exited 0 without writing result.json to {job_dir}" + _log_excerpt(job_dir)
-            )
         return JobStatus(
             job_id=handle.job_id,
             state=JobState.SUCCEEDED,
             message="succeeded",
-            progress=1.0,
-            result_uri=str(result),
+            result_uri=handle.output_uri,
         )
 
-    def _running_status(
-        self, handle: JobHandle, job_dir: Path, runner: dict[str, Any]
-    ) -> JobStatus:
-        message = f"running (runner pid {runner.get('pid')})"
-        fraction: float | None = None
-        progress = read_json(job_dir / PROGRESS_FILE)
-        if progress is not None:
-            raw = progress.get("fraction")
-            if isinstance(raw, int | float) and raw == raw:  # raw == raw rules out NaN
-                fraction = min(max(float(raw), 0.0), 1.0)
-            if isinstance(progress.get("message"), str) and progress["message"]:
-                message = progress["message"]
+    @staticmethod
+    def _running_status(handle: JobHandle, runner: dict[str, Any]) -> JobStatus:
         return JobStatus(
-            job_id=handle.job_id, state=JobState.RUNNING, message=message, progress=fraction
+            job_id=handle.job_id,
+            state=JobState.RUNNING,
+            message=f"running (runner pid {runner.get('pid')})",
         )
 
     @staticmethod

@@ -1,10 +1,20 @@
-"""What every remote backend shares: the staged command, and reading a finished job's outcome.
+"""What every remote backend shares: the container's command and env, and a finished job's status.
 
-A remote job runs ``ml_assets.training.stage``, which gives the real command a local output
-directory and uploads it to the job's ``output_uri`` in object storage (see
-``ml_assets.transport``): ``result.json`` on success, ``failure.json`` on a non-zero exit, and
-``job.log``/``progress.json`` as it goes. So a backend needs its service only for the job's
-state; the result, the failure message and the progress read the same way everywhere.
+A job runs in one of two shapes (``JobSpec.staged``):
+
+* **staged** (the default): the container runs ``ml_assets.training.stage``, which gives the real
+  command a local output directory and uploads it to the job's ``output_uri`` in object storage
+  (see ``ml_assets.transport``): ``job.log`` and the Pipes ``messages.jsonl`` as it goes,
+  everything at the end, plus ``failure.json`` on a non-zero exit. The image needs ml_assets.
+* **unstaged**: the container runs ``spec.command`` as it is, with ``ML_ASSETS_OUTPUT_URI`` set
+  to ``output_uri``; the job writes there itself (boto3, a ``dagster_pipes`` blob-store writer,
+  ...). For images that do not contain ml_assets.
+
+Either way the job reports through Dagster Pipes messages in its output, and the reconciler,
+not the backend, reads them: a job whose service says it ended well is ``SUCCEEDED`` with
+``result_uri`` = its output location, and whether it produced a model is for its messages to
+say. A backend needs its service only for the job's state; a failure's message adds the staged
+``failure.json`` (the exit status and last log lines) to the service's own.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from ml_assets import transport
 from ml_assets.backends.base import JobSpec, JobState, JobStatus
 
 STAGE_MODULE = "ml_assets.training.stage"
-NO_RESULT = "the job exited successfully without writing result.json"
+OUTPUT_URI_ENV = "ML_ASSETS_OUTPUT_URI"
+FAILURE_FILE = "failure.json"
+LOG_FILE = "job.log"
 
 
 def staged_command(spec: JobSpec, sync_seconds: float = 10.0) -> list[str]:
@@ -34,6 +46,24 @@ def staged_command(spec: JobSpec, sync_seconds: float = 10.0) -> list[str]:
     ]
 
 
+def container_command(spec: JobSpec, sync_seconds: float = 10.0) -> list[str]:
+    """What the container runs: the staged command, or ``spec.command`` as it is if unstaged."""
+    if not spec.command:
+        raise ValueError("a JobSpec needs a non-empty command")
+    return staged_command(spec, sync_seconds) if spec.staged else list(spec.command)
+
+
+def container_env(spec: JobSpec) -> dict[str, str]:
+    """The job's environment: ``spec.env``, plus ``ML_ASSETS_OUTPUT_URI`` for an unstaged job.
+
+    (A staged job's wrapper sets ``ML_ASSETS_OUTPUT_URI`` itself, to its local directory.)
+    """
+    env = dict(spec.env)
+    if not spec.staged:
+        env[OUTPUT_URI_ENV] = spec.output_uri
+    return env
+
+
 def output_location(storage_root: str, spec: JobSpec) -> str:
     """Where a remote job writes: ``<storage_root>/jobs/<team>/<model>/<job name>``."""
     return transport.join(storage_root, "jobs", spec.team, spec.model, spec.job_name)
@@ -45,29 +75,19 @@ def _read_json(uri: str) -> Any:
     return None
 
 
-def progress(output_uri: str) -> float | None:
-    """The fraction the job last reported in ``progress.json``, if any."""
-    document = _read_json(transport.join(output_uri, "progress.json"))
-    if isinstance(document, dict) and isinstance(document.get("fraction"), int | float):
-        return max(0.0, min(1.0, float(document["fraction"])))
-    return None
-
-
 def finished_status(
     job_id: str, state: JobState, output_uri: str, service_message: str = ""
 ) -> JobStatus:
     """The status of a job its service reports as ended (``state`` terminal).
 
-    Success needs ``result.json`` in the output; a failure's message is the staged
-    ``failure.json`` (the command's exit status and last log lines), or the service's own.
+    Success is the service's word alone: ``result_uri`` is the job's output location, where
+    its Pipes messages and artifacts are. A failure's message is the service's own plus the
+    staged ``failure.json`` (the command's exit status and last log lines), if there is one.
     """
     if state == JobState.SUCCEEDED:
-        result_uri = transport.join(output_uri, "result.json")
-        if transport.exists(result_uri):
-            return JobStatus(job_id=job_id, state=state, progress=1.0, result_uri=result_uri)
-        return JobStatus(job_id=job_id, state=JobState.FAILED, message=NO_RESULT)
+        return JobStatus(job_id=job_id, state=state, message=service_message, result_uri=output_uri)
     if state == JobState.FAILED:
-        failure = _read_json(transport.join(output_uri, "failure.json"))
+        failure = _read_json(transport.join(output_uri, FAILURE_FILE))
         staged = failure.get("message", "") if isinstance(failure, dict) else ""
         message = "; ".join(part for part in (service_message, staged) if part)
         return JobStatus(job_id=job_id, state=state, message=message or "the job failed")
@@ -81,10 +101,10 @@ def log_tail(text: str, tail: int) -> str:
 
 
 def read_log(output_uri: str, tail: int) -> str:
-    """The last lines of the staged ``job.log`` (empty before the first upload)."""
+    """The last lines of the staged ``job.log`` (empty before the first upload, or unstaged)."""
     with contextlib.suppress(transport.ObjectNotFound):
         return log_tail(
-            transport.read_bytes(transport.join(output_uri, "job.log")).decode(errors="replace"),
+            transport.read_bytes(transport.join(output_uri, LOG_FILE)).decode(errors="replace"),
             tail,
         )
     return ""

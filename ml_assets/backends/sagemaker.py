@@ -1,9 +1,11 @@
 """The SageMaker backend: each training job is one SageMaker training job, run by boto3.
 
-The job's container runs ``remote.staged_command``: the staging wrapper gives the command a
-local output directory and uploads ``result.json`` / ``failure.json`` / ``job.log`` to the
-spec's ``output_uri``, which must be ``s3://`` (the asset layer builds it from the backend's
-``storage_root`` with ``remote.output_location``; this backend uses it as given). SageMaker
+A staged job's container runs ``remote.staged_command``: the staging wrapper gives the command
+a local output directory and uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a
+non-zero exit, ``failure.json`` to the spec's ``output_uri``, which must be ``s3://`` (the asset
+layer builds it from the backend's ``storage_root`` with ``remote.output_location``; this backend
+uses it as given). An unstaged job (``staged=False``) runs ``spec.command`` as it is, with
+``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` in its environment, and writes there itself. SageMaker
 itself is asked only for the job's state.
 
 Request (``build_training_job_request``, a pure function):
@@ -11,11 +13,16 @@ Request (``build_training_job_request``, a pure function):
 * ``TrainingJobName`` is ``spec.job_name``, derived from the idempotency key, so submitting a
   key twice, from any process, meets SageMaker's "name already exists" (``ResourceInUse``)
   and returns the existing job instead of starting another.
-* ``ContainerEntrypoint`` is the staged command. SageMaker caps it at 100 items of 256
-  characters; a longer command (``python -c`` programs, a trainer's JSON arguments) is sent as
-  JSON in 512-character ``ML_ASSETS_ENTRYPOINT_<i>`` environment variables that a short
-  ``python -c`` bootstrap joins and ``exec``s, so the container runs the same argv.
-* ``Environment`` is ``spec.env`` (never credentials: the job uses the role ``role_arn``).
+* ``AlgorithmSpecification.TrainingImage`` is ``spec.image``, else the ``image_uri`` setting.
+  SageMaker has no working-directory field: ``spec.working_dir`` is ignored and the image's
+  WORKDIR applies.
+* ``ContainerEntrypoint`` is the staged command, or ``spec.command`` for an unstaged job.
+  SageMaker caps it at 100 items of 256 characters; a longer command (``python -c`` programs, a
+  trainer's JSON arguments) is sent as JSON in 512-character ``ML_ASSETS_ENTRYPOINT_<i>``
+  environment variables that a short ``python -c`` bootstrap joins and ``exec``s, so the
+  container runs the same argv (this needs a ``python`` in the image).
+* ``Environment`` is ``spec.env`` (never credentials: the job uses the role ``role_arn``), plus
+  ``ML_ASSETS_OUTPUT_URI`` for an unstaged job.
 * ``Tags``: ``spec.labels`` plus ``ml-assets-team``, ``ml-assets-model``,
   ``ml-assets-key-sha256`` and ``ml-assets-idempotency-key`` (the key only when it fits a tag
   value: at most 256 letters, digits, spaces and ``_.:/=+-@``).
@@ -62,9 +69,10 @@ every handle is found), then ``DescribeTrainingJob`` only for a job that newly `
 finished job costs no further call. States: ``InProgress`` is queued while the secondary
 status is before the container runs (Pending, Starting, LaunchingMLInstances,
 PreparingTrainingStack, Downloading, DownloadingTrainingImage) and running after;
-``Stopping`` is running; ``Completed`` succeeded if ``result.json`` is there; ``Failed``
-failed (``FailureReason`` + the staged ``failure.json``); ``Stopped`` cancelled, or failed
-when SageMaker stopped it for exceeding its maximum runtime or wait time.
+``Stopping`` is running; ``Completed`` succeeded (``result_uri`` = its ``output_uri``, whose
+Pipes messages say what it produced); ``Failed`` failed (``FailureReason`` + the staged
+``failure.json``); ``Stopped`` cancelled, or failed when SageMaker stopped it for exceeding its
+maximum runtime or wait time.
 
 ``cancel`` is ``StopTrainingJob``; stopping a job that has ended is a no-op. ``logs`` reads
 the staged ``job.log``. boto3 is imported only when a backend is built.
@@ -197,14 +205,15 @@ _MAX_ENTRYPOINT_ITEMS, _MAX_ENTRYPOINT_CHARS = 100, 256
 _MAX_ENV_ITEMS, _MAX_ENV_VALUE_CHARS = 100, 512
 _MAX_TAGS, _MAX_TAG_KEY_CHARS, _MAX_TAG_VALUE_CHARS = 50, 128, 256
 ENTRYPOINT_ENV_PREFIX = "ML_ASSETS_ENTRYPOINT_"
-# Joins the command's JSON from the numbered variables and execs it with the container's
-# Python (the staged command always starts with ``python``). Itself under 256 characters.
+# Joins the command's JSON from the numbered variables and execs it: a leading ``python`` or
+# ``python3`` as the container's own Python, anything else from the PATH. Under 256 characters.
 _BOOTSTRAP = (
     "import json,os,sys\n"
     f"p=sorted((int(k[{len(ENTRYPOINT_ENV_PREFIX)}:]),v) for k,v in os.environ.items() "
     f"if k.startswith({ENTRYPOINT_ENV_PREFIX!r}))\n"
     "a=json.loads(''.join(v for _,v in p))\n"
-    "os.execv(sys.executable,[sys.executable,*a[1:]])"
+    "if a[0] in('python','python3'):a[0]=sys.executable\n"
+    "os.execvp(a[0],a)"
 )
 
 
@@ -213,7 +222,7 @@ class TrainingJobSettings:
     """The per-backend parts of every CreateTrainingJob request."""
 
     role_arn: str
-    image_uri: str
+    image_uri: str  # the default image, for jobs that name none
     volume_size_gb: int = 50
     max_runtime_seconds: int = 86_400
     sync_seconds: float = 10.0
@@ -233,7 +242,7 @@ def training_job_name(spec: JobSpec) -> str:
 
 def container_command(spec: JobSpec, sync_seconds: float) -> tuple[list[str], dict[str, str]]:
     """The ``ContainerEntrypoint`` and the extra environment it needs (see module docstring)."""
-    command = remote.staged_command(spec, sync_seconds)
+    command = remote.container_command(spec, sync_seconds)
     if len(command) <= _MAX_ENTRYPOINT_ITEMS and all(
         len(item) <= _MAX_ENTRYPOINT_CHARS for item in command
     ):
@@ -286,7 +295,7 @@ def build_training_job_request(spec: JobSpec, settings: TrainingJobSettings) -> 
             f"env names starting with {ENTRYPOINT_ENV_PREFIX} are reserved: {clashing}"
         )
     entrypoint, command_env = container_command(spec, settings.sync_seconds)
-    environment = {**spec.env, **command_env}
+    environment = {**remote.container_env(spec), **command_env}
     if len(environment) > _MAX_ENV_ITEMS:
         raise ValueError(
             f"the job needs {len(environment)} environment variables ({len(command_env)} of them "
@@ -296,7 +305,7 @@ def build_training_job_request(spec: JobSpec, settings: TrainingJobSettings) -> 
     return {
         "TrainingJobName": training_job_name(spec),
         "AlgorithmSpecification": {
-            "TrainingImage": settings.image_uri,
+            "TrainingImage": spec.image or settings.image_uri,
             "TrainingInputMode": "File",
             "ContainerEntrypoint": entrypoint,
         },
@@ -538,7 +547,9 @@ class SageMakerBackendResource(BackendResource):
     aws_secret_access_key: str | None = Field(default=None, description="Use {env: NAME}.")
     aws_session_token: str | None = Field(default=None, description="Use {env: NAME}.")
     role_arn: str = Field(description="IAM role the training jobs run as.")
-    image_uri: str = Field(description="Training image with ml_assets installed (ECR URI).")
+    image_uri: str = Field(
+        description="Default training image (ECR URI, with ml_assets) for jobs that name none."
+    )
     storage_root: str = Field(
         description="s3://bucket/prefix under which jobs read inputs and write outputs."
     )
@@ -547,7 +558,7 @@ class SageMakerBackendResource(BackendResource):
         default=86_400, ge=1, le=28 * 86_400, description="Stop (and fail) a job after this."
     )
     sync_seconds: float = Field(
-        default=10.0, gt=0, description="How often a running job uploads job.log and progress."
+        default=10.0, gt=0, description="How often a running staged job uploads log and messages."
     )
     page_size: int = Field(
         default=100, ge=1, le=100, description="MaxResults per ListTrainingJobs page."

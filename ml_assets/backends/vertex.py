@@ -1,9 +1,13 @@
 """Vertex AI: each training job is one CustomJob, driven through ``google-cloud-aiplatform``.
 
-The job runs the staged command (``remote.staged_command``) in ``image_uri``, which must have
-ml_assets installed; it writes to the spec's ``output_uri`` (a ``gs://`` URI, used as given: the
-asset layer builds it with ``remote.output_location(storage_root, spec)``), which also becomes
-the CustomJob's ``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient`` over
+The job runs in ``spec.image``, else the ``image_uri`` setting (Vertex has no working-directory
+field: ``spec.working_dir`` is ignored and the image's WORKDIR applies), with ``spec.env``. A
+staged job runs ``remote.staged_command`` (the image needs ml_assets), which uploads ``job.log``,
+the Pipes ``messages.jsonl`` and, on a non-zero exit, ``failure.json``; an unstaged one
+(``staged=False``) runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri``
+and writes there itself. The output is the spec's ``output_uri`` (a ``gs://`` URI, used as given:
+the asset layer builds it with ``remote.output_location(storage_root, spec)``), which also
+becomes the CustomJob's ``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient`` over
 its REST transport, so ``api_endpoint`` and ``url_scheme`` can point it at any host.
 
 Credentials: Application Default Credentials, unless ``anonymous_credentials`` is set (for an
@@ -55,7 +59,8 @@ the key's label and adopts what it finds.
 
 Poll: one ListCustomJobs per team (paginated by ``page_size``), filtered on the team label and
 on ``create_time`` no older than the oldest handle; GetCustomJob only for a job missing from the
-list. Succeeded and failed jobs read their outcome with ``remote.finished_status``. Cancel:
+list. A succeeded job's ``result_uri`` is its ``output_uri`` (its Pipes messages say what it
+produced); a failed one's message is Vertex's error plus the staged ``failure.json``. Cancel:
 CancelCustomJob, skipped for a finished job. Logs: the staged ``job.log`` in GCS
 (``remote.read_log``). List, get and cancel retry 429, 5xx and dropped connections with
 google-api-core's ``Retry``.
@@ -189,7 +194,9 @@ class VertexBackendResource(BackendResource):
 
     project: str = Field(description="Google Cloud project that owns the CustomJobs.")
     location: str = Field("us-central1", description="Vertex AI region, e.g. us-central1.")
-    image_uri: str = Field(description="Container image with ml_assets installed.")
+    image_uri: str = Field(
+        description="Default container image (with ml_assets) for jobs that name none."
+    )
     storage_root: str = Field(
         description="gs://bucket/prefix; each job writes under <root>/jobs/<team>/<model>/<job>."
     )
@@ -213,7 +220,7 @@ class VertexBackendResource(BackendResource):
         "nvidia-tesla-t4", description="GPU type of a job that asks for GPUs but names none."
     )
     sync_seconds: float = Field(
-        10.0, gt=0, description="How often a running job uploads job.log and progress."
+        10.0, gt=0, description="How often a running staged job uploads its log and messages."
     )
     page_size: int = Field(100, gt=0, description="Jobs per ListCustomJobs page in poll.")
     claim_timeout_s: float = Field(
@@ -316,15 +323,16 @@ def build_custom_job(spec: JobSpec, settings: VertexBackendResource) -> dict[str
 
     Pure: no network and no SDK, so it can be checked field by field.
     """
+    env = remote.container_env(spec)
     job_spec: dict[str, Any] = {
         "worker_pool_specs": [
             {
                 "machine_spec": machine_spec(spec.resources, settings),
                 "replica_count": 1,
                 "container_spec": {
-                    "image_uri": settings.image_uri,
-                    "command": remote.staged_command(spec, settings.sync_seconds),
-                    "env": [{"name": name, "value": spec.env[name]} for name in sorted(spec.env)],
+                    "image_uri": spec.image or settings.image_uri,
+                    "command": remote.container_command(spec, settings.sync_seconds),
+                    "env": [{"name": name, "value": env[name]} for name in sorted(env)],
                 },
             }
         ],

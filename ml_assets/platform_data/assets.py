@@ -8,10 +8,16 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets import storage
-from ml_assets.assets.common import raw_key
-from ml_assets.datasets import file_sha256
+from ml_assets.tables import file_sha256
 
 ROWS_ENV = "ML_ASSETS_TRANSACTION_ROWS"
+
+
+def raw_key(source: str) -> dg.AssetKey:
+    """The platform's raw-data asset for a source: ``platform/raw_<source>``."""
+    return dg.AssetKey(["platform", f"raw_{source}"])
+
+
 PLATFORM: dict[str, Any] = {
     "group_name": "platform",
     "owners": ["team:platform"],
@@ -62,9 +68,9 @@ def _bundled_source(source: str, description: str, rate_name: str) -> dg.AssetsD
         **PLATFORM,
     )
     def raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        from ml_assets import datasets
+        from ml_assets.platform_data import sources
 
-        frame = getattr(datasets, f"load_{source}")()
+        frame = getattr(sources, f"load_{source}")()
         path = storage.asset_file(
             storage.home(context.instance), raw_key(source).path, context.run_id
         )
@@ -100,7 +106,7 @@ raw_digits = _bundled_source(
 def raw_card_transactions(
     context: dg.AssetExecutionContext, config: TransactionsConfig
 ) -> dg.MaterializeResult:
-    from ml_assets.datasets import write_card_transactions
+    from ml_assets.platform_data.sources import write_card_transactions
 
     path = storage.asset_file(
         storage.home(context.instance), raw_key("card_transactions").path, context.run_id

@@ -15,6 +15,7 @@ from the start of the log, so a restart loses nothing either.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterable
@@ -34,6 +35,14 @@ from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.teams.spec import TeamSpec
+from ml_assets.training.messages import (
+    JobReport,
+    MessagesLocation,
+    fold,
+    messages_location,
+    read_new,
+    render_curve_png,
+)
 
 MATERIALIZED = "materialized"
 RETRIED = "retried"
@@ -43,6 +52,9 @@ PROGRESS = "progress"
 CANCEL_REQUESTED = "cancel_requested"
 TERMINAL_EVENTS = {MATERIALIZED, RETRIED, FAILED, CANCELLED}
 LOG_TAIL_LINES = 40
+RECENT_LOG_LINES = 15
+# What a job reports about itself that is not a metric of the model.
+NOT_METRICS = frozenset({"rows_train", "rows_holdout", "duration_seconds", "step", "epochs"})
 PAGE = 500
 SETTLE_SECONDS = 30.0
 logger = logging.getLogger(__name__)
@@ -58,8 +70,10 @@ class InFlight(BaseModel):
     attempt: int
     code_version: str = ""
     features_storage_id: int | None = None
+    features_uri: str = ""
     cancel_requested: bool = False
     last_seen: str = ""
+    messages_cursor: int = 0
 
 
 class ReconcilerCursor(BaseModel):
@@ -139,6 +153,7 @@ def _fold(record: dg.EventLogRecord, inflight: dict[str, InFlight]) -> None:
             attempt=job["attempt"],
             code_version=job.get("code_version", ""),
             features_storage_id=job.get("features_storage_id"),
+            features_uri=job.get("features_uri", ""),
         )
     elif kind == CANCEL_REQUESTED and job_id in inflight:
         inflight[job_id] = inflight[job_id].model_copy(update={"cancel_requested": True})
@@ -252,22 +267,46 @@ class Reconciler:
             self.backend(job.handle.backend).cancel(job.handle)
             outcome.log.append(f"{job_id}: cancel requested (run {job.run_id}); cancelling")
         else:
-            seen = f"{status.state.value}:{int((status.progress or 0) * 10)}"
-            if seen != job.last_seen:
-                outcome.cursor.inflight[job_id] = job.model_copy(update={"last_seen": seen})
-                outcome.events.append(
-                    _observation(
-                        model,
-                        job,
-                        PROGRESS,
-                        f"Training job {job_id} is {status.state.value}.",
-                        {
-                            "status": status.state.value,
-                            "progress": float(status.progress or 0.0),
-                            "message": status.message,
-                        },
-                    )
-                )
+            self._running(model, job, status, outcome)
+
+    def _running(
+        self, model: ModelContext, job: InFlight, status: JobStatus, outcome: TickOutcome
+    ) -> None:
+        """Record what a job in flight reported since the last tick: progress, metrics, logs.
+
+        One observation per job and tick at most, and only when something is new, so a queue
+        of jobs that all wait says nothing after its first word.
+        """
+        job_id = job.handle.job_id
+        batch = read_new(_location(job), job.messages_cursor)
+        report = fold(None, batch.messages)
+        seen = f"{status.state.value}:{report.step}:{report.progress}"
+        if not batch.messages and status.state.value == job.last_seen.split(":", 1)[0]:
+            return
+        outcome.cursor.inflight[job_id] = job.model_copy(
+            update={"last_seen": seen, "messages_cursor": batch.cursor}
+        )
+        metadata: dict[str, Any] = {
+            "status": status.state.value,
+            "progress": float(report.progress if report.progress is not None else 0.0),
+        }
+        if report.step is not None:
+            metadata["step"] = report.step
+        metadata.update({f"train/{name}": value for name, value in report.metrics.items()})
+        if report.device:
+            metadata["device"] = report.device
+        if report.logs:
+            metadata["recent_logs"] = dg.MetadataValue.md(
+                "```\n" + "\n".join(report.logs[-RECENT_LOG_LINES:]) + "\n```"
+            )
+        if status.message:
+            metadata["message"] = status.message
+        for problem in batch.problems + report.problems:
+            outcome.log.append(f"{job_id}: {problem}")
+        described = f"Training job {job_id} is {status.state.value}" + (
+            f", {report.progress:.0%} done." if report.progress is not None else "."
+        )
+        outcome.events.append(_observation(model, job, PROGRESS, described, metadata))
 
     def _finish(
         self,
@@ -293,6 +332,11 @@ class Reconciler:
         except Exception as exc:
             log_tail = f"(the log could not be read: {exc!r})"
         attempts = model.spec.retry.max_attempts
+        reported = _final_report(job)
+        if reported.exception:
+            status = status.model_copy(
+                update={"message": f"{status.message}; the job raised {reported.exception}"}
+            )
         details = {
             "message": status.message,
             "log_tail": dg.MetadataValue.md(f"```\n{log_tail}\n```"),
@@ -346,42 +390,63 @@ class Reconciler:
     def _materialization(
         self, model: ModelContext, job: InFlight, status: JobStatus
     ) -> dg.AssetMaterialization:
-        if not status.result_uri:
-            raise ValueError(f"{job.handle.job_id} succeeded but reported no result location")
-        result = read_result(status.result_uri)
-        metrics = {f"train/{k}": float(v) for k, v in result.get("metrics", {}).items()}
+        """The trained model, from the materialization the job reported through Pipes."""
+        report = _final_report(job)
+        if report.exception:
+            raise ValueError(f"the job exited 0 but raised {report.exception}")
+        if report.materialization is None:
+            raise ValueError(
+                "the job ended without reporting a materialization "
+                "(dagster_pipes: context.report_asset_materialization)"
+            )
+        reported = dict(report.materialization["metadata"])
+        artifact = reported.pop("artifact", None)
+        if not isinstance(artifact, str) or not artifact:
+            raise ValueError("the job's materialization has no 'artifact' metadata")
+        data_version = report.materialization.get("data_version") or _features_version(job)
+        metrics = {f"train/{k}": float(v) for k, v in report.metrics.items()}
+        for name, value in reported.items():
+            if _is_number(value) and name not in NOT_METRICS:
+                metrics[f"train/{name}"] = float(value)
+        others = {k: v for k, v in reported.items() if f"train/{k}" not in metrics}
         features_key = model.keys.features
         provenance = {
             # Dagster's own lineage tags, so staleness and code versions show in the UI.
             CODE_VERSION_TAG: job.code_version,
-            get_input_data_version_tag(features_key): str(result["data_version"]),
+            get_input_data_version_tag(features_key): str(data_version),
             get_input_data_version_tag(features_key, INPUT_EVENT_POINTER_TAG_PREFIX): str(
                 job.features_storage_id or ""
             ),
         }
+        extra: dict[str, Any] = {}
+        curve = render_curve_png(report.history, f"{model.team.team}/{model.name} — training")
+        if curve is not None:
+            extra["training_curve"] = dg.MetadataValue.md(
+                f"![training curve](data:image/png;base64,{base64.b64encode(curve).decode()})"
+            )
+        if report.logs:
+            extra["recent_logs"] = dg.MetadataValue.md(
+                "```\n" + "\n".join(report.logs[-RECENT_LOG_LINES:]) + "\n```"
+            )
         return dg.AssetMaterialization(
             asset_key=model.keys.trained,
             description=f"Trained by job {job.handle.job_id} on {job.handle.backend}.",
             metadata={
+                **{k: _metadata_value(v) for k, v in others.items()},
                 "job_id": job.handle.job_id,
                 "backend": job.handle.backend,
                 "attempt": job.attempt,
                 "submitted_by_run": job.run_id,
-                # The job wrote beside result.json; its own path may be a container's scratch.
-                "artifact": dg.MetadataValue.path(
-                    transport.sibling(status.result_uri, _basename(result["artifact_uri"]))
-                ),
-                "trainer": str(result.get("trainer", "")),
-                "hyperparameters": dg.MetadataValue.json(result.get("hyperparameters", {})),
-                "features_uri": dg.MetadataValue.path(result["features_uri"]),
+                "artifact": dg.MetadataValue.path(_artifact_uri(job.handle.output_uri, artifact)),
+                "device": str(report.device or reported.get("device") or "unknown"),
+                "features_uri": dg.MetadataValue.path(job.features_uri),
                 "input_data_versions": dg.MetadataValue.json(
-                    {features_key.to_user_string(): result["data_version"]}
+                    {features_key.to_user_string(): str(data_version)}
                 ),
                 "code_version": job.code_version,
-                "rows_train": int(result.get("rows_train", 0)),
-                "duration_seconds": float(result.get("duration_seconds", 0.0)),
-                "result": dg.MetadataValue.path(status.result_uri),
+                "output": dg.MetadataValue.path(job.handle.output_uri),
                 **metrics,
+                **extra,
             },
             tags={
                 EVENT_TAG: MATERIALIZED,
@@ -389,6 +454,42 @@ class Reconciler:
                 **{k: v for k, v in provenance.items() if v},
             },
         )
+
+
+def _location(job: InFlight) -> MessagesLocation:
+    return messages_location(job.handle.output_uri, job.spec.staged)
+
+
+def _final_report(job: InFlight) -> JobReport:
+    """Every message of an ended job, read from the start and folded."""
+    batch = read_new(_location(job), 0, final=True)
+    report = fold(None, batch.messages)
+    report.problems.extend(batch.problems)
+    return report
+
+
+def _features_version(job: InFlight) -> str:
+    from ml_assets.assets.training import job_extras
+
+    return str(job_extras(job.spec).get("features_data_version", ""))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _metadata_value(value: Any) -> Any:
+    """A reported value as Dagster metadata: mappings and lists as JSON, the rest as is."""
+    if isinstance(value, dict | list):
+        return dg.MetadataValue.json(value)
+    return value if isinstance(value, str | int | float | bool) else str(value)
+
+
+def _artifact_uri(output_uri: str, artifact: str) -> str:
+    """The job's artifact: a URI or absolute path as reported, else relative to its output."""
+    if "://" in artifact or artifact.startswith("dbfs:/") or artifact.startswith("/"):
+        return artifact
+    return transport.join(output_uri, artifact)
 
 
 def _observation(
@@ -400,16 +501,6 @@ def _observation(
         metadata={"status": kind, "job_id": job.handle.job_id, **metadata},
         tags={EVENT_TAG: kind, JOB_ID_TAG: job.handle.job_id},
     )
-
-
-def read_result(uri: str) -> dict[str, Any]:
-    """Read a job's ``result.json`` from wherever its backend left it (a path, s3, gs, dbfs)."""
-    result: dict[str, Any] = transport.read_json(uri)
-    return result
-
-
-def _basename(uri: str) -> str:
-    return str(uri).rstrip("/").rsplit("/", 1)[-1]
 
 
 def build_reconciler_sensor(

@@ -14,15 +14,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ml_assets.backends import BACKENDS, backend_resource, configured_resource, load_backend
 from ml_assets.backends.base import Backend, Resources
-from ml_assets.datasets import SOURCES
-from ml_assets.evaluation import METRICS, threshold_key_is_valid
-from ml_assets.features import FEATURE_SETS
+from ml_assets.evaluation import threshold_key_is_valid
+from ml_assets.references import check_reference
 from ml_assets.registries import setting_names
-from ml_assets.training.trainers import TRAINERS
+from ml_assets.training.builtin import BUILTIN_TRAINERS
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")]
 
@@ -35,43 +43,142 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _reference(value: str) -> str:
+    """A team's ``module:function``, checked without importing the module."""
+    return check_reference(value)
+
+
+FunctionRef = Annotated[
+    str,
+    AfterValidator(_reference),
+    Field(
+        description="A function of the team's code as 'package.module:function'.",
+        json_schema_extra={"pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"},
+    ),
+]
+TableFormat = Literal["pandas", "polars", "pyarrow"]
+Task = Literal["binary", "multiclass", "regression"]
+
+
 class DatasetSpec(_Spec):
-    source: str = Field(description="A platform raw-data source, e.g. card_transactions.")
+    """Where a model's rows come from: an upstream asset, or a function of the team's."""
+
+    asset: str | None = Field(
+        None,
+        description="An asset key ('platform/raw_card_transactions'), from any location, whose "
+        "latest materialization has a 'path' to a Parquet file.",
+    )
+    function: FunctionRef | None = Field(
+        None, description="'module:function' called as function(**params); returns a table."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
     max_rows: int | None = Field(None, ge=100, description="Keep at most this many rows.")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        return _one_of(value, SOURCES, "source")
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.asset is None) == (self.function is None):
+            raise ValueError("give exactly one of 'asset' (an asset key) or 'function'")
+        if self.asset is not None and not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", self.asset):
+            raise _FieldError(
+                ("dataset", "asset"), f"{self.asset!r} is not an asset key like 'platform/raw_x'"
+            )
+        if self.asset is not None and self.params:
+            raise _FieldError(("dataset", "params"), "params go with 'function', not 'asset'")
+        return self
+
+    @property
+    def asset_path(self) -> list[str]:
+        return (self.asset or "").split("/")
 
 
 class FeaturesSpec(_Spec):
-    feature_set: str
+    """The team's feature function and what the library needs to split and score its output."""
+
+    function: FunctionRef | None = Field(
+        None,
+        description="'module:function' called as function(table, params) and returning the "
+        "feature table; omit it to use the dataset's columns as they are.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    table_format: TableFormat = Field(
+        "pandas", description="What the feature function receives: pandas, polars or pyarrow."
+    )
+    label: str = Field("label", min_length=1, description="The label column of the output.")
+    id_column: str = Field(
+        "row_id", min_length=1, description="An integer column that identifies each row."
+    )
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
 
-    @field_validator("feature_set")
-    @classmethod
-    def _known_feature_set(cls, value: str) -> str:
-        return _one_of(value, FEATURE_SETS, "feature set")
-
 
 class TrainerSpec(_Spec):
-    name: str
+    """How the model is trained: a Python function run by the library's job runner, or a
+    command in the team's own image that reports through Dagster Pipes."""
+
+    function: str | None = Field(
+        None,
+        description="'module:function' called as function(train, hyperparameters, context), or "
+        f"a built-in trainer: {', '.join(BUILTIN_TRAINERS)}.",
+    )
+    image: str | None = Field(None, description="The team's container image for 'command'.")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The command the image runs; it reports through dagster-pipes and need not "
+        "import ml_assets.",
+    )
+    working_dir: str | None = Field(
+        None, description="The command's working directory (default on local: the team folder)."
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
 
-    @field_validator("name")
+    @field_validator("function")
     @classmethod
-    def _known_trainer(cls, value: str) -> str:
-        return _one_of(value, TRAINERS, "trainer")
+    def _known_function(cls, value: str | None) -> str | None:
+        if value is None or value in BUILTIN_TRAINERS:
+            return value
+        if ":" not in value:
+            raise ValueError(
+                f"unknown trainer {value!r}; give 'module:function' or a built-in trainer: "
+                + ", ".join(BUILTIN_TRAINERS)
+            )
+        return check_reference(value)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TrainerSpec:
+        if (self.function is None) == (self.command is None):
+            raise ValueError("give exactly one of 'function' or 'command' (with 'image')")
+        if self.image is not None and self.command is None:
+            raise _FieldError(("trainer", "image"), "'image' goes with 'command'")
+        return self
+
+    @property
+    def reference(self) -> str | None:
+        """The function as 'module:function', built-in names resolved."""
+        if self.function is None:
+            return None
+        return BUILTIN_TRAINERS.get(self.function, self.function)
+
+    @property
+    def label(self) -> str:
+        """A short name for descriptions: the function, or the image and command."""
+        if self.function is not None:
+            return self.function
+        return f"{self.image or 'command'} {' '.join(self.command or [])}"
 
 
 class EvaluationSpec(_Spec):
     thresholds: dict[str, float] = Field(
-        default_factory=dict, description="min_<metric> / max_<metric>, e.g. min_roc_auc: 0.9"
+        default_factory=dict,
+        description="min_<metric> / max_<metric> over any metric the evaluation computes, a "
+        "metric function gives or the training job reports (as train/<name>).",
     )
-    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    metrics: list[FunctionRef] = Field(
+        default_factory=list,
+        description="Extra metric functions 'module:function' called as f(y_true, y_pred).",
+    )
+    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Binary tasks only.")
 
     @field_validator("thresholds")
     @classmethod
@@ -79,8 +186,8 @@ class EvaluationSpec(_Spec):
         for key in value:
             if not threshold_key_is_valid(key):
                 raise ValueError(
-                    f"unknown threshold {key!r}; use min_<metric> or max_<metric> with a metric "
-                    "from ml_assets.evaluation.METRICS, e.g. min_roc_auc"
+                    f"unknown threshold {key!r}; use min_<metric> or max_<metric>, "
+                    "e.g. min_roc_auc or max_rmse"
                 )
         return value
 
@@ -92,7 +199,11 @@ class RetrySpec(_Spec):
 class PromotionSpec(_Spec):
     """What a registered version must show before it becomes the production version."""
 
-    primary_metric: str = Field("roc_auc", description="Compared between challenger and champion.")
+    primary_metric: str | None = Field(
+        None,
+        description="Compared between challenger and champion (default: roc_auc for binary, "
+        "macro_f1 for multiclass, rmse for regression).",
+    )
     min_improvement: float = Field(
         0.0, description="The challenger must beat the champion by at least this much."
     )
@@ -105,15 +216,23 @@ class PromotionSpec(_Spec):
 
     @field_validator("primary_metric")
     @classmethod
-    def _known_metric(cls, value: str) -> str:
-        return _one_of(value, METRICS, "metric")
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and not threshold_key_is_valid(f"min_{value}"):
+            raise ValueError(f"{value!r} is not a metric name")
+        return value
 
 
 class ModelSpec(_Spec):
     description: str = ""
+    task: Task = Field("binary", description="binary, multiclass or regression.")
     dataset: DatasetSpec
     features: FeaturesSpec
     trainer: TrainerSpec
+    predict: FunctionRef | None = Field(
+        None,
+        description="'module:function' called as predict(artifact_path, features) when the "
+        "artifact is not a scikit-learn-style estimator saved by the runner.",
+    )
     backend: str = "local"
     resources: Resources = Field(default_factory=Resources)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -196,6 +315,7 @@ class TeamSpec(_Spec):
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     models: dict[Identifier, ModelSpec] = Field(min_length=1)
+    _source: Path | None = PrivateAttr(None)
 
     @field_validator("allowed_backends")
     @classmethod
@@ -244,6 +364,11 @@ class TeamSpec(_Spec):
         return str(root) if root else None
 
     @property
+    def folder(self) -> Path | None:
+        """The folder of the team's YAML file, when it was loaded from one."""
+        return self._source.parent if self._source else None
+
+    @property
     def owner_tags(self) -> list[str]:
         """Dagster owners for every asset of the team: the team itself, then its people."""
         return [f"team:{self.team}", *(o for o in self.owners if o != f"team:{self.team}")]
@@ -279,7 +404,7 @@ def load_team_spec(path: str | Path) -> TeamSpec:
     if not isinstance(raw, dict):
         raise TeamSpecError(f"{path}: the team spec must be a mapping with 'team' and 'models'")
     try:
-        return TeamSpec.model_validate(raw)
+        spec = TeamSpec.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -290,6 +415,16 @@ def load_team_spec(path: str | Path) -> TeamSpec:
                 loc, message = tuple(error["loc"]), _plain(error["msg"])
             problems.append(_describe(path, root, loc, message))
         raise TeamSpecError("\n".join(problems)) from None
+    spec._source = path.resolve()
+    return spec
+
+
+def team_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a team YAML file, for editors (``ml-assets schema``)."""
+    schema = TeamSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ml_assets team"
+    return schema
 
 
 def _plain(message: str) -> str:

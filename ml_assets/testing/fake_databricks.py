@@ -9,8 +9,11 @@
 * DBFS API 2.0 ``get-status``, ``create``/``add-block``/``close``, ``put``, ``read`` (offset,
   length, base64 data), ``mkdirs`` and ``delete``, backed by a local directory.
 
-A run's one ``python_wheel_task`` with package ``ml_assets`` and entry point ``ml-assets-job``
-really runs, through ``ProcessJobs``, as ``python -m ml_assets.training.stage <parameters>``; its
+A run's one task really runs, through ``ProcessJobs``: a ``python_wheel_task`` with package
+``ml_assets`` and entry point ``ml-assets-job`` as ``python -m ml_assets.training.stage
+<parameters>``, a ``spark_python_task`` as ``python <python_file> <parameters>`` (a ``dbfs:/``
+file is read from this fake's DBFS, any other path from this machine, standing in for the
+workspace). The cluster's ``docker_image`` is only recorded, in ``submitted``. Its
 environment is the cluster's ``spark_env_vars`` plus ``job_env`` plus ``DATABRICKS_HOST`` and
 ``DATABRICKS_TOKEN`` of this fake, as a Databricks runtime gives its jobs credentials, so the
 staged upload to ``dbfs:/`` lands here. Runs go PENDING, RUNNING, then TERMINATED with SUCCESS,
@@ -212,11 +215,9 @@ class FakeDatabricks(LoopbackServer):
         if len(tasks) != 1:
             return _bad("the fake runs exactly one task per run")
         task = tasks[0]
-        wheel = task.get("python_wheel_task") or {}
-        module = ENTRY_POINTS.get((str(wheel.get("package_name")), str(wheel.get("entry_point"))))
-        if module is None:
-            known = ", ".join(f"{p}:{e}" for p, e in ENTRY_POINTS)
-            return _bad(f"the fake runs only python_wheel_task entry points {known}")
+        argv = self._task_argv(task)
+        if isinstance(argv, Response):
+            return argv
         cluster = task.get("new_cluster") or {}
         missing = [key for key in ("spark_version", "node_type_id") if not cluster.get(key)]
         if missing or "num_workers" not in cluster:
@@ -236,7 +237,6 @@ class FakeDatabricks(LoopbackServer):
                 task=task,
             )
             env = {**cluster.get("spark_env_vars", {}), **self.job_env, **self.client_env}
-            argv = ["python", "-m", module, *wheel.get("parameters", [])]
             self.processes.add(str(run.run_id), argv, env)
             self.runs[run.run_id] = run
             self._by_task[run.task_run_id] = run.run_id
@@ -244,6 +244,28 @@ class FakeDatabricks(LoopbackServer):
             if token:
                 self._by_token[token] = run.run_id
         return Response(200, {"run_id": run.run_id, "number_in_job": run.run_id})
+
+    def _task_argv(self, task: dict[str, Any]) -> list[str] | Response:
+        """The command a task runs, or the 400 for a task this fake cannot run."""
+        if "spark_python_task" in task:
+            python = task["spark_python_task"]
+            raw = python.get("python_file")
+            if not isinstance(raw, str) or not raw:
+                return _bad("spark_python_task.python_file is required")
+            if raw.startswith("dbfs:/"):
+                path = self._local(raw.removeprefix("dbfs:"))
+                if isinstance(path, Response):
+                    return path
+                raw = str(path)
+            return ["python", raw, *python.get("parameters", [])]
+        wheel = task.get("python_wheel_task") or {}
+        module = ENTRY_POINTS.get((str(wheel.get("package_name")), str(wheel.get("entry_point"))))
+        if module is None:
+            known = ", ".join(f"{p}:{e}" for p, e in ENTRY_POINTS)
+            return _bad(
+                f"the fake runs only a spark_python_task or python_wheel_task entry points {known}"
+            )
+        return ["python", "-m", module, *wheel.get("parameters", [])]
 
     def _process(self, run: FakeRun) -> ProcessJob:
         job = self.processes.get(str(run.run_id))

@@ -18,8 +18,9 @@ GET     /api/v1/namespaces/{ns}/pods/{name}/log     the pod's output (``tailLine
 ======  ==========================================  =============================================
 
 Each Job gets one pod ``<job>-<5 chars>`` labelled ``job-name=<job>``; its container's
-``command + args`` runs through ``ProcessJobs`` with ``job_env`` (the platform's own settings, e.g.
-storage endpoints) overlaid by the container's ``env``. Job status follows the process the way the
+``command + args`` runs through ``ProcessJobs`` in the container's ``workingDir`` (if set) with
+``job_env`` (the platform's own settings, e.g. storage endpoints) overlaid by the container's
+``env``. The container's ``image`` is only recorded, in the stored manifest (``job_manifest``). Job status follows the process the way the
 Job controller reports it: ``active``/``ready``, then ``succeeded``/``failed`` with a
 ``Complete``/``Failed`` condition (after ``SuccessCriteriaMet``/``FailureTarget``, as Kubernetes
 1.31+ does). The fake runs single-pod Jobs only: it rejects ``backoffLimit`` other than 0 and
@@ -366,7 +367,12 @@ class FakeKubernetes(LoopbackServer):
                 **self.job_env,
                 **{item["name"]: item.get("value", "") for item in container.get("env", [])},
             }
-            self.processes.add(uid, [*container["command"], *container.get("args", [])], env)
+            self.processes.add(
+                uid,
+                [*container["command"], *container.get("args", [])],
+                env,
+                cwd=container.get("workingDir"),
+            )
             if self.create_timeouts > 0:
                 self.create_timeouts -= 1
                 return _status(

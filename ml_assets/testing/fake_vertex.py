@@ -11,9 +11,10 @@ over REST, in proto3 JSON (camelCase fields, enum names, RFC 3339 times):
 ``POST /v1/projects/{p}/locations/{l}/customJobs/{id}:cancel``  CancelCustomJob
 ===========================================================  ===================================
 
-Each job really runs its first worker pool's container command (the staged command) as a
-process group through ``ProcessJobs``, with the container's env plus ``job_env`` (what the
-platform gives every job, e.g. ``STORAGE_EMULATOR_HOST``): JOB_STATE_PENDING, then RUNNING,
+Each job really runs its first worker pool's container command (the staged command, or an
+unstaged job's own) as a process group through ``ProcessJobs``, with the container's env plus
+``job_env`` (what the platform gives every job, e.g. ``STORAGE_EMULATOR_HOST``); its
+``imageUri`` is only recorded, in the job as ``jobs()`` shows it: JOB_STATE_PENDING, then RUNNING,
 then SUCCEEDED or FAILED (with Vertex's ``error``); cancel kills the group (CANCELLED).
 ``Faults`` apply to every call; ``create_then_fail_rate`` makes that fraction of creates create
 the job and still answer 503, as a create whose answer is lost in transit.

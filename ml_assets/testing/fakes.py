@@ -312,6 +312,7 @@ class ProcessJob:
     log_path: Path
     created_at: float
     pending_s: float
+    cwd: str | None = None
     process: subprocess.Popen[bytes] | None = None
     returncode: int | None = None
     cancelled: bool = False
@@ -331,7 +332,10 @@ class ProcessJobs:
     """Runs each job's command as a local process group, after an optional pending delay.
 
     ``python``/``python3`` at the head of a command becomes this interpreter, as a container
-    image's own Python would be. ``refresh()`` (called by every read) starts jobs whose pending
+    image's own Python would be (the image itself is only recorded by each fake, in the request
+    it keeps). A job's ``cwd`` is created if missing, as container runtimes do for a
+    ``workingDir``; a command that cannot start ends at once with status 127 and the reason in its
+    log. ``refresh()`` (called by every read) starts jobs whose pending
     time is over and collects exit codes, so state moves only when someone looks, like a
     controller's reconcile loop, and nothing runs in the background of a test but the jobs.
     """
@@ -343,7 +347,9 @@ class ProcessJobs:
         self.jobs: dict[str, ProcessJob] = {}
         self._lock = threading.RLock()
 
-    def add(self, job_id: str, argv: list[str], env: Mapping[str, str]) -> ProcessJob:
+    def add(
+        self, job_id: str, argv: list[str], env: Mapping[str, str], cwd: str | None = None
+    ) -> ProcessJob:
         with self._lock:
             if job_id in self.jobs:
                 return self.jobs[job_id]
@@ -354,6 +360,7 @@ class ProcessJobs:
                 log_path=self.root / f"{_safe(job_id)}.log",
                 created_at=time.monotonic(),
                 pending_s=self.pending_s,
+                cwd=cwd,
             )
             job.log_path.touch()
             self.jobs[job_id] = job
@@ -406,7 +413,14 @@ class ProcessJobs:
         if job.process is None:
             if time.monotonic() - job.created_at < job.pending_s:
                 return
-            job.process = self._start(job)
+            try:
+                job.process = self._start(job)
+            except OSError as error:
+                with job.log_path.open("a") as log:
+                    log.write(f"cannot start {job.argv!r}: {error}\n")
+                job.started_at = job.finished_at = time.monotonic()
+                job.returncode = 127
+                return
             job.started_at = time.monotonic()
         code = job.process.poll()
         if code is not None:
@@ -418,9 +432,12 @@ class ProcessJobs:
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         env = {**os.environ, **job.env}
+        if job.cwd:
+            Path(job.cwd).mkdir(parents=True, exist_ok=True)
         with job.log_path.open("ab") as log:
             return subprocess.Popen(
                 argv,
+                cwd=job.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -21,8 +21,9 @@ class BackendHarness:
         backend: the backend object the tests submit through.
         new_backend: builds a fresh, independent backend object (as a restarted process
             would), to show a job can be re-attached from its handle alone.
-        make_spec: ``(command, key) -> JobSpec`` with an output location this backend can use.
-        read_result: reads the JSON document at a ``JobStatus.result_uri``.
+        make_spec: ``(command, key) -> JobSpec`` with an output location this backend can use,
+            which the test reads and its jobs (staged or not) write through
+            ``ml_assets.transport``.
         scratch: a local directory that both jobs and the test can read and write.
     """
 
@@ -30,7 +31,6 @@ class BackendHarness:
     backend: Backend
     new_backend: Callable[[], Backend]
     make_spec: Callable[[list[str], str], JobSpec]
-    read_result: Callable[[str], dict[str, Any]]
     scratch: Path
 
 

@@ -1,13 +1,16 @@
 """Small Python programs that stand in for training jobs in tests: real processes that write a
-real ``result.json``, wait for a signal file, sleep or fail, so every backend's behaviour is
-exercised without a trainer's start-up cost."""
+file into their output, report their environment, wait for a signal file, sleep or fail, so every
+backend's behaviour is exercised without a trainer's start-up cost."""
 
 from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
+
+OUTPUT_FILE = "out.json"
 
 
 def py(*lines: str) -> list[str]:
@@ -15,14 +18,39 @@ def py(*lines: str) -> list[str]:
     return [sys.executable, "-c", "\n".join(lines)]
 
 
-def write_result(document: dict[str, Any]) -> str:
-    """Source that writes ``document`` as the job's result.json, atomically."""
+def python_file(directory: Path, *lines: str) -> list[str]:
+    """A command ``python <file>`` running the given lines from a new file in ``directory``.
+
+    The shape every backend can run unstaged (Databricks runs only Python files).
+    """
+    path = directory / f"job_{uuid.uuid4().hex[:10]}.py"
+    path.write_text("\n".join(lines) + "\n")
+    return ["python", str(path)]
+
+
+def write_output(document: dict[str, Any], name: str = OUTPUT_FILE) -> str:
+    """Source that writes ``document`` as JSON to ``name`` in ``$ML_ASSETS_OUTPUT_URI``.
+
+    Through ``ml_assets.transport``, so it works for a staged job's local folder and an unstaged
+    job's ``s3://``, ``gs://`` or ``dbfs:/`` output alike (atomically for a local folder).
+    """
     return (
         "import json, os\n"
-        "out = os.environ['ML_ASSETS_OUTPUT_URI']\n"
-        "with open(os.path.join(out, 'result.json.tmp'), 'w') as f:\n"
-        f"    f.write({json.dumps(document)!r})\n"
-        "os.replace(os.path.join(out, 'result.json.tmp'), os.path.join(out, 'result.json'))"
+        "from ml_assets import transport\n"
+        f"doc = json.loads({json.dumps(document)!r})\n"
+        "transport.write_json(transport.join(os.environ['ML_ASSETS_OUTPUT_URI'], "
+        f"{name!r}), doc)"
+    )
+
+
+def write_env(names: list[str], name: str = OUTPUT_FILE) -> str:
+    """Source that writes ``{name: os.environ.get(name)}`` for ``names`` like ``write_output``."""
+    return (
+        "import os\n"
+        "from ml_assets import transport\n"
+        f"doc = {{n: os.environ.get(n) for n in {names!r}}}\n"
+        "transport.write_json(transport.join(os.environ['ML_ASSETS_OUTPUT_URI'], "
+        f"{name!r}), doc)"
     )
 
 

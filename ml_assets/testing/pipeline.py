@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.assets.common import ModelKeys, raw_key
+from ml_assets.assets.common import ModelKeys
 from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.testing.sensor_driver import SensorDriver
 
 
 def build_raw(instance: dg.DagsterInstance, source: str) -> None:
-    """Materialize the platform's raw table for ``source``."""
+    """Materialize the platform's raw table ``platform/raw_<source>``."""
     job = platform_defs.resolve_implicit_global_asset_job_def()
-    assert job.execute_in_process(instance=instance, asset_selection=[raw_key(source)]).success
+    key = dg.AssetKey(["platform", f"raw_{source}"])
+    assert job.execute_in_process(instance=instance, asset_selection=[key]).success
 
 
 def train(

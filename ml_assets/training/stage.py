@@ -2,14 +2,20 @@
 
 ``python -m ml_assets.training.stage --output-uri URI [--sync-seconds S] -- COMMAND...``
 
-Remote backends start this as their container's command. It gives ``COMMAND`` a fresh local
-directory as ``$ML_ASSETS_OUTPUT_URI`` (so the training entrypoint and any job only ever write
+Remote backends start this as a staged job's container command. It gives ``COMMAND`` a fresh
+local directory as ``$ML_ASSETS_OUTPUT_URI`` (so the training runner and any job only ever write
 local files), copies the command's output there as ``job.log`` while echoing it, and uploads the
-directory to ``URI`` (``s3://``, ``gs://``, ``dbfs:/`` or a path, see ``ml_assets.transport``):
+directory to ``URI`` (``s3://``, ``gs://``, ``dbfs:/`` or a path, see ``ml_assets.transport``).
 
-* every ``S`` seconds while the command runs: ``progress.json`` and ``job.log``;
-* when it ends: every file, ``result.json`` last, so a result that is visible is complete; on a
-  non-zero exit also ``failure.json`` = ``{"returncode", "message"}`` with the last log lines.
+When this process has ``DAGSTER_PIPES_MESSAGES`` in its environment, the command gets it
+replaced by a ``dagster_pipes`` file writer's params for ``messages.jsonl`` in that directory, so
+its Pipes messages are local lines that the uploads below carry to ``URI/messages.jsonl``:
+
+* every ``S`` seconds while the command runs: ``job.log`` and ``messages.jsonl`` (whole, when
+  changed; a line still being written at that moment is completed by a later upload);
+* when it ends: every file, ``messages.jsonl`` last, so everything a message points to is there
+  before the message is; on a non-zero exit also ``failure.json`` = ``{"returncode",
+  "message"}`` with the last log lines.
 
 It exits with the command's status (``128 + signal`` if it was killed). The command stays in this
 process's group; SIGTERM and SIGINT sent to this process alone are passed on to it, and what it
@@ -27,15 +33,20 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+
+from dagster_pipes import encode_param
 
 from ml_assets import transport
 
 LOG_FILE = "job.log"
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.json"
+# The Pipes messages file; the same name as ``ml_assets.training.messages.MESSAGES_FILE``.
+MESSAGES_FILE = "messages.jsonl"
 FAILURE_FILE = "failure.json"
+OUTPUT_URI_ENV = "ML_ASSETS_OUTPUT_URI"
+PIPES_MESSAGES_ENV = "DAGSTER_PIPES_MESSAGES"
 _TAIL_LINES = 20
 
 
@@ -54,7 +65,7 @@ def failure_message(returncode: int, log_lines: list[str]) -> str:
 
 
 class _Syncer:
-    """Uploads progress and the log every ``interval`` seconds until stopped."""
+    """Uploads the log and the Pipes messages every ``interval`` seconds until stopped."""
 
     def __init__(self, directory: Path, uri: str, interval: float) -> None:
         self.directory, self.uri, self.interval = directory, uri, interval
@@ -73,13 +84,22 @@ class _Syncer:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            for name in (PROGRESS_FILE, LOG_FILE):
+            for name in (LOG_FILE, MESSAGES_FILE):
                 path = self.directory / name
                 with contextlib.suppress(OSError):
                     mtime = path.stat().st_mtime
                     if self._sent.get(name) != mtime:
                         transport.upload_file(path, transport.join(self.uri, name))
                         self._sent[name] = mtime
+
+
+def child_env(parent: Mapping[str, str], directory: Path) -> dict[str, str]:
+    """The command's environment: ``parent`` with the output (and Pipes messages, if the job
+    reports through Pipes) pointed at the local ``directory``."""
+    env = {**parent, OUTPUT_URI_ENV: str(directory)}
+    if PIPES_MESSAGES_ENV in parent:
+        env[PIPES_MESSAGES_ENV] = encode_param({"path": str(directory / MESSAGES_FILE)})
+    return env
 
 
 def run(command: list[str], output_uri: str, sync_seconds: float = 10.0) -> int:
@@ -89,7 +109,7 @@ def run(command: list[str], output_uri: str, sync_seconds: float = 10.0) -> int:
     with tempfile.TemporaryDirectory(prefix="ml_assets_output_") as scratch:
         directory = Path(scratch)
         log_path = directory / LOG_FILE
-        env = {**os.environ, "ML_ASSETS_OUTPUT_URI": str(directory)}
+        env = child_env(os.environ, directory)
         syncer = _Syncer(directory, output_uri, sync_seconds)
         with log_path.open("wb") as log:
             child = subprocess.Popen(
@@ -127,7 +147,7 @@ def run(command: list[str], output_uri: str, sync_seconds: float = 10.0) -> int:
                 "message": failure_message(returncode, _tail(log_path, _TAIL_LINES)),
             }
             (directory / FAILURE_FILE).write_text(json.dumps(failure))
-        transport.upload_dir(directory, output_uri, last=[RESULT_FILE])
+        transport.upload_dir(directory, output_uri, last=[MESSAGES_FILE])
     return 128 - returncode if returncode < 0 else returncode
 
 

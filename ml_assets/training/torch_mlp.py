@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,7 +87,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     column is left unscaled), so the trainer suits any numeric feature set.
 
     Fitted attributes: ``classes_`` (``[0, 1]``), ``n_features_in_``, ``device_`` (the device
-    it trained on), ``loss_curve_`` (mean training loss per epoch), ``input_mean_`` and
+    it trained on, with the GPU's name), ``loss_curve_`` (mean training loss per epoch), ``input_mean_`` and
     ``input_scale_``, and ``coefs_`` / ``intercepts_``: float32 numpy arrays per layer, weights
     shaped ``(inputs, outputs)``. No torch object is kept.
     """
@@ -131,8 +131,13 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         return [int(size) for size in sizes]
 
-    def fit(self, X: Any, y: Any) -> TorchMLPClassifier:
+    def fit(
+        self, X: Any, y: Any, epoch_callback: Callable[[int, int, float], None] | None = None
+    ) -> TorchMLPClassifier:
         """Train on features ``X`` (rows by columns, numeric) and labels ``y`` (0/1, both present).
+
+        ``epoch_callback(epoch, epochs, mean_loss)`` is called after every epoch, e.g. to report
+        progress and the training curve while the job runs.
 
         Raises ValueError for bad hyperparameters or data, ImportError when torch is missing and
         RuntimeError when ``device="cuda"`` finds no GPU.
@@ -177,7 +182,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         targets = torch.from_numpy(labels.astype(np.float32)).to(device)
 
         with _one_cpu_thread(torch):
-            curve = self._train(torch, network, inputs, targets, device)
+            curve = self._train(torch, network, inputs, targets, device, epoch_callback)
 
         linear = [layer for layer in network if isinstance(layer, torch.nn.Linear)]
         self.coefs_ = [layer.weight.detach().cpu().numpy().T.copy() for layer in linear]
@@ -185,14 +190,20 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.input_mean_ = mean
         self.input_scale_ = scale
         self.loss_curve_ = curve
-        self.device_ = device
+        self.device_ = where
         self.n_features_in_ = features.shape[1]
         self.classes_ = np.array([0, 1])
         _say(f"trained {self.epochs} epochs in {time.monotonic() - started:.2f}s on {device}")
         return self
 
     def _train(
-        self, torch: Any, network: Any, inputs: Any, targets: Any, device: str
+        self,
+        torch: Any,
+        network: Any,
+        inputs: Any,
+        targets: Any,
+        device: str,
+        epoch_callback: Callable[[int, int, float], None] | None,
     ) -> list[float]:
         """Run the epochs; return the mean training loss of each."""
         optimizer = torch.optim.AdamW(
@@ -216,6 +227,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 total += loss.detach() * len(batch)
             # One device-to-host copy per epoch, not per batch, keeps a GPU busy.
             curve.append(float(total) / rows)
+            if epoch_callback is not None:
+                epoch_callback(epoch, epochs, curve[-1])
             if epoch % log_every == 0 or epoch == epochs:
                 _say(f"epoch {epoch}/{epochs} loss {curve[-1]:.4f}")
         return curve

@@ -9,24 +9,23 @@ What the contract tests assume of every harness:
 
 - jobs really run their ``command`` as local subprocesses (fakes of remote services included),
   so commands can write files the test then reads and processes the test can look up by pid;
-- a job sees ``$ML_ASSETS_OUTPUT_URI`` as a local, writable directory, and a ``result.json`` it
-  writes there is what ``read_result(status.result_uri)`` returns;
+- a job sees ``$ML_ASSETS_OUTPUT_URI`` as where its output goes (a local directory for a
+  staged job, the output location itself for an unstaged one) and can write there with
+  ``ml_assets.transport``; a finished job's ``status.result_uri`` is its output location, which
+  the test reads with ``ml_assets.transport`` too;
 - ``make_spec`` gives each distinct key its own output location.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus
-from ml_assets.backends.local import LocalBackend, local_path
+from ml_assets.backends.local import LocalBackend
 from ml_assets.testing.harness import BackendHarness, adopt_fixtures
 
 # Fixture names of every harness the contract suite runs against: local, then every fixture
@@ -57,16 +56,11 @@ def local_harness(tmp_path: Path) -> Iterator[BackendHarness]:
             idempotency_key=key,
         )
 
-    def read_result(uri: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(local_path(uri).read_text())
-        return document
-
     yield BackendHarness(
         name="local",
         backend=LocalBackend(),
         new_backend=LocalBackend,
         make_spec=make_spec,
-        read_result=read_result,
         scratch=scratch,
     )
     # Leave no job running behind a test, whatever it did.

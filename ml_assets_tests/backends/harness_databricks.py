@@ -73,15 +73,10 @@ def databricks_harness(
         point_sdk_at(fake, monkeypatch, tmp_path)
         settings = settings_for(fake)
 
-        def read_result(uri: str) -> dict[str, Any]:
-            document: dict[str, Any] = transport.read_json(uri)
-            return document
-
         yield BackendHarness(
             name="databricks",
             backend=settings.get_backend(),
             new_backend=settings.get_backend,
             make_spec=databricks_spec,
-            read_result=read_result,
             scratch=scratch,
         )

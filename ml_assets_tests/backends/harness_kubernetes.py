@@ -15,10 +15,6 @@ from ml_assets.testing.fake_kubernetes import FakeKubernetes, job_spec
 from ml_assets.testing.harness import BackendHarness
 
 
-def read_result(uri: str) -> dict[str, Any]:
-    document: dict[str, Any] = transport.read_json(uri)
-    return document
-
 
 @pytest.fixture
 def kubernetes_harness(tmp_path: Path) -> Iterator[BackendHarness]:
@@ -36,6 +32,5 @@ def kubernetes_harness(tmp_path: Path) -> Iterator[BackendHarness]:
             backend=new_backend(),
             new_backend=new_backend,
             make_spec=lambda command, key: job_spec(storage_root, command, key, team="contract"),
-            read_result=read_result,
             scratch=scratch,
         )

@@ -44,15 +44,10 @@ def sagemaker_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
             )
             return draft.model_copy(update={"output_uri": output_location(storage_root, draft)})
 
-        def read_result(uri: str) -> dict[str, Any]:
-            document: dict[str, Any] = transport.read_json(uri)
-            return document
-
         yield BackendHarness(
             name="sagemaker",
             backend=new_backend(),
             new_backend=new_backend,
             make_spec=make_spec,
-            read_result=read_result,
             scratch=scratch,
         )

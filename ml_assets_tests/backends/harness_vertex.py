@@ -44,15 +44,10 @@ def vertex_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
             **fake.backend_settings(storage_root=STORAGE_ROOT, sync_seconds=0.5)
         )
 
-        def read_result(uri: str) -> dict[str, Any]:
-            document: dict[str, Any] = transport.read_json(uri)
-            return document
-
         yield BackendHarness(
             name="vertex",
             backend=VertexBackend(settings),
             new_backend=lambda: VertexBackend(settings),
             make_spec=vertex_spec,
-            read_result=read_result,
             scratch=scratch,
         )

@@ -1,7 +1,10 @@
 """The backend contract, run against every harness in ``conftest.HARNESS_FIXTURES``.
 
-Jobs are real subprocesses running small ``python -c`` programs: they write ``result.json``
-into ``$ML_ASSETS_OUTPUT_URI``, sleep, wait for a file, or raise.
+Jobs are real subprocesses running small Python programs: they write a file into
+``$ML_ASSETS_OUTPUT_URI``, report their environment, sleep, wait for a file, or raise. A job that
+exits 0 is succeeded with ``result_uri`` = its output location (what it produced is for its
+Pipes messages, read by the reconciler, to say), which the tests read through
+``ml_assets.transport``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ml_assets import transport
 from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
-from ml_assets.testing.job_scripts import py, wait_for_file, write_result
+from ml_assets.testing.job_scripts import (
+    OUTPUT_FILE,
+    py,
+    python_file,
+    wait_for_file,
+    write_env,
+    write_output,
+)
 
 if TYPE_CHECKING:
     from conftest import BackendHarness, WaitFor
@@ -37,6 +48,12 @@ def active(status: JobStatus) -> bool:
     return status.state in (JobState.QUEUED, JobState.RUNNING)
 
 
+def read_output(status: JobStatus, name: str = OUTPUT_FILE) -> object:
+    """The JSON document ``name`` in a finished job's output location."""
+    assert status.result_uri is not None, status
+    return transport.read_json(transport.join(status.result_uri, name))
+
+
 def stays_equal(read: Callable[[], object], expected: object, seconds: float = 0.5) -> bool:
     """Whether ``read()`` keeps returning ``expected`` for ``seconds`` (catches late re-runs)."""
     deadline = time.monotonic() + seconds
@@ -47,11 +64,11 @@ def stays_equal(read: Callable[[], object], expected: object, seconds: float = 0
     return read() == expected
 
 
-def test_submit_runs_to_success_and_result_reads_back(
+def test_submit_runs_to_success_and_the_output_reads_back(
     harness: BackendHarness, wait_for: WaitFor
 ) -> None:
     key = new_key("success")
-    spec = harness.make_spec(py(write_result({"key": key, "accuracy": 0.93})), key)
+    spec = harness.make_spec(py(write_output({"key": key, "accuracy": 0.93})), key)
 
     handle = harness.backend.submit(spec)
 
@@ -61,8 +78,8 @@ def test_submit_runs_to_success_and_result_reads_back(
     status = wait_for(harness.backend, [handle])[handle.job_id]
     assert status.state == JobState.SUCCEEDED, status.message
     assert status.job_id == handle.job_id
-    assert status.result_uri is not None
-    assert harness.read_result(status.result_uri) == {"key": key, "accuracy": 0.93}
+    assert status.result_uri == handle.output_uri == spec.output_uri
+    assert read_output(status) == {"key": key, "accuracy": 0.93}
 
 
 def test_same_key_twice_returns_same_handle_and_runs_once(
@@ -70,7 +87,7 @@ def test_same_key_twice_returns_same_handle_and_runs_once(
 ) -> None:
     key = new_key("twice")
     counter = harness.scratch / "runs.txt"
-    spec = harness.make_spec(py(append_line(counter), write_result({"ok": True})), key)
+    spec = harness.make_spec(py(append_line(counter), write_output({"ok": True})), key)
 
     first = harness.backend.submit(spec)
     second = harness.backend.submit(spec)
@@ -88,7 +105,7 @@ def test_concurrent_submits_of_one_key_start_one_job(
 ) -> None:
     key = new_key("concurrent")
     counter = harness.scratch / "runs.txt"
-    spec = harness.make_spec(py(append_line(counter), write_result({"ok": True})), key)
+    spec = harness.make_spec(py(append_line(counter), write_output({"ok": True})), key)
     barrier = threading.Barrier(8)
     handles: list[JobHandle] = []
     errors: list[BaseException] = []
@@ -119,7 +136,7 @@ def test_batched_poll_answers_for_every_job(harness: BackendHarness, wait_for: W
     for index in range(20):
         key = new_key(f"batch-{index}")
         handles.append(
-            harness.backend.submit(harness.make_spec(py(write_result({"index": index})), key))
+            harness.backend.submit(harness.make_spec(py(write_output({"index": index})), key))
         )
     assert len({handle.job_id for handle in handles}) == 20
 
@@ -131,8 +148,8 @@ def test_batched_poll_answers_for_every_job(harness: BackendHarness, wait_for: W
     for index, handle in enumerate(handles):
         status = statuses[handle.job_id]
         assert status.state == JobState.SUCCEEDED, status.message
-        assert status.result_uri is not None
-        assert harness.read_result(status.result_uri) == {"index": index}
+        assert status.result_uri == handle.output_uri
+        assert read_output(status) == {"index": index}
     assert harness.backend.poll([]) == {}
 
 
@@ -156,14 +173,55 @@ def test_failure_reports_the_exception_in_message_and_logs(
     assert len(harness.backend.logs(handle, tail=1).splitlines()) == 1
 
 
-def test_job_exiting_zero_without_result_fails(harness: BackendHarness, wait_for: WaitFor) -> None:
-    key = new_key("noresult")
-    handle = harness.backend.submit(harness.make_spec(py("print('done, forgot the result')"), key))
+def test_a_job_exiting_zero_succeeds_whatever_it_wrote(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    # Whether a job produced a model is for its Pipes messages to say, not for the backend.
+    key = new_key("nothing")
+    handle = harness.backend.submit(harness.make_spec(py("print('done, wrote nothing')"), key))
 
     status = wait_for(harness.backend, [handle])[handle.job_id]
 
-    assert status.state == JobState.FAILED
-    assert "without writing result.json" in status.message
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert status.result_uri == handle.output_uri
+
+
+def test_the_spec_env_reaches_the_job(harness: BackendHarness, wait_for: WaitFor) -> None:
+    key = new_key("env")
+    pipes = {
+        "DAGSTER_PIPES_CONTEXT": "eJyrVkrOzyspSk0uyczPS8xRslJQSs7PS8tMTy1SqgUAmCsKLA==",
+        "CONTRACT_VALUE": f"value {key} with spaces",
+    }
+    spec = harness.make_spec(py(write_env(sorted(pipes))), key)
+    spec = spec.model_copy(update={"env": pipes})
+
+    handle = harness.backend.submit(spec)
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert read_output(status) == pipes
+
+
+def test_an_unstaged_job_writes_its_output_itself(
+    harness: BackendHarness, wait_for: WaitFor
+) -> None:
+    key = new_key("unstaged")
+    command = python_file(
+        harness.scratch,
+        "import os, sys",
+        "from ml_assets import transport",
+        "out = os.environ['ML_ASSETS_OUTPUT_URI']",
+        "transport.write_json(transport.join(out, 'unstaged.json'), {'out': out})",
+    )
+    spec = harness.make_spec(command, key)
+    spec = spec.model_copy(update={"staged": False})
+
+    handle = harness.backend.submit(spec)
+    status = wait_for(harness.backend, [handle])[handle.job_id]
+
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert status.result_uri == handle.output_uri
+    assert read_output(status, "unstaged.json") == {"out": spec.output_uri}
 
 
 def _sleeper(pid_file: Path) -> list[str]:
@@ -226,7 +284,7 @@ def test_cancel_of_a_finished_job_leaves_it_succeeded(
     harness: BackendHarness, wait_for: WaitFor
 ) -> None:
     handle = harness.backend.submit(
-        harness.make_spec(py(write_result({"done": 1})), new_key("finished"))
+        harness.make_spec(py(write_output({"done": 1})), new_key("finished"))
     )
     assert wait_for(harness.backend, [handle])[handle.job_id].state == JobState.SUCCEEDED
 
@@ -234,8 +292,8 @@ def test_cancel_of_a_finished_job_leaves_it_succeeded(
 
     status = harness.backend.poll([handle])[handle.job_id]
     assert status.state == JobState.SUCCEEDED
-    assert status.result_uri is not None
-    assert harness.read_result(status.result_uri) == {"done": 1}
+    assert status.result_uri == handle.output_uri
+    assert read_output(status) == {"done": 1}
 
 
 def test_fresh_backend_reattaches_from_handle_json(
@@ -243,7 +301,7 @@ def test_fresh_backend_reattaches_from_handle_json(
 ) -> None:
     go = harness.scratch / "go"
     key = new_key("reattach")
-    command = py("print('waiting for go', flush=True)", wait_for_file(go), write_result({"k": key}))
+    command = py("print('waiting for go', flush=True)", wait_for_file(go), write_output({"k": key}))
     raw = harness.backend.submit(harness.make_spec(command, key)).to_json()
     # From here on only the serialised handle and a brand-new backend object are used.
     fresh: Backend = harness.new_backend()
@@ -254,8 +312,8 @@ def test_fresh_backend_reattaches_from_handle_json(
 
     status = wait_for(fresh, [handle])[handle.job_id]
     assert status.state == JobState.SUCCEEDED, status.message
-    assert status.result_uri is not None
-    assert harness.read_result(status.result_uri) == {"k": key}
+    assert status.result_uri == handle.output_uri
+    assert read_output(status) == {"k": key}
     assert "waiting for go" in fresh.logs(handle)
 
 

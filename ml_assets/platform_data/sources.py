@@ -1,9 +1,9 @@
-"""Raw data sources for the ML pipelines, as pure functions.
+"""The platform's raw data sources, as pure functions behind the platform location's assets.
 
 Three sources exist: scikit-learn's bundled breast-cancer table and handwritten-digit images
 (small, real, offline) and a synthetic card-transaction table with a fraud label (large,
-deterministic, any size up to tens of millions of rows). :func:`file_sha256` is the data version
-used throughout the project.
+deterministic, any size up to tens of millions of rows). Their files are versioned by
+:func:`ml_assets.tables.file_sha256`, like every file the pipelines write.
 
 Only the standard library is imported at module level: Dagster code locations import this module
 when they load, and numpy/pandas/pyarrow/scikit-learn would make that slow.
@@ -11,7 +11,6 @@ when they load, and numpy/pandas/pyarrow/scikit-learn would make that slow.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -22,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
-
-SOURCES: tuple[str, ...] = ("breast_cancer", "card_transactions", "digits")
 
 # The 8x8 digit images, one column per pixel, row-major (the names scikit-learn gives them).
 DIGIT_IMAGE_SIZE = 8
@@ -51,8 +48,6 @@ MERCHANT_CATEGORIES: tuple[str, ...] = (
 COUNTRIES: tuple[str, ...] = (
     "US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "MX", "BR", "IN", "AU",
 )  # fmt: skip
-
-_HASH_BLOCK_BYTES = 1 << 20
 
 # Rows are generated in fixed blocks, each from its own random stream keyed by (seed, block).
 # That is what makes the table independent of ``chunk_rows``: a chunk is just a slice of blocks.
@@ -91,19 +86,6 @@ _STEALTH_FRAUD_SHARE = 0.15
 _P_FOREIGN_LEGIT = 0.04
 _P_FOREIGN_FRAUD = 0.35
 _CARD_PRESENT_FRAUD_FACTOR = 0.3
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks.
-
-    This is the data version of every file the pipelines produce: equal digests mean equal
-    bytes, whatever the file's name or mtime, and streaming keeps memory flat for large files.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _snake_case(name: str) -> str:
