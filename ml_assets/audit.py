@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-assets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="print the lineage chain of a model version")
-    audit.add_argument("model", help="<team>/<model>, e.g. clinical/tumor_classifier")
+    audit.add_argument("model", help="<team>/<model>, e.g. payments/churn_model")
     which = audit.add_mutually_exclusive_group()
     which.add_argument("--stage", help="an alias: production (default), challenger, archived")
     which.add_argument("--version", help="a version number")

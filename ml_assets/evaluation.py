@@ -18,7 +18,6 @@ the functions that need them.
 
 from __future__ import annotations
 
-import importlib
 import io
 import math
 import numbers
@@ -102,39 +101,17 @@ def lower_is_better(metric: str) -> bool:
     return base in LOWER_IS_BETTER or base.endswith(("loss", "error"))
 
 
-# --- resolving the team's functions -------------------------------------------------------
-
-
-def resolve_function(reference: str) -> Callable[..., Any]:
-    """The callable named by ``"package.module:function"`` (``"module:Class.method"`` works).
-
-    Raises ValueError naming the module or the attribute that cannot be found.
-    """
-    if not isinstance(reference, str) or reference.count(":") != 1:
-        raise ValueError(f"{reference!r} is not a 'module:function' reference")
-    module_name, attribute = (part.strip() for part in reference.split(":"))
-    if not module_name or not attribute:
-        raise ValueError(f"{reference!r} is not a 'module:function' reference")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(
-            f"{reference}: cannot import module {module_name!r}: {type(error).__name__}: {error}"
-        ) from error
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"{reference}: module {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"{reference}: {attribute!r} in {module_name!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
 def metric_functions(references: Iterable[str]) -> dict[str, Callable[..., Any]]:
-    """Resolve a team's extra metric functions, keyed by each function's ``__name__``."""
+    """Import a team's extra metric functions, keyed by each function's ``__name__``.
+
+    A reference that cannot be imported raises the error of :func:`ml_assets.references.resolve`,
+    which names the module and the attribute.
+    """
+    from ml_assets.references import resolve
+
     found: dict[str, Callable[..., Any]] = {}
     for reference in references:
-        function = resolve_function(reference)
+        function = resolve(reference)
         name = str(getattr(function, "__name__", reference.rsplit(":", 1)[-1]))
         if name in found:
             raise ValueError(f"two metric functions are named {name!r} ({reference})")
@@ -174,8 +151,8 @@ def load_model(artifact_uri: str | os.PathLike[str], predict: str | None = None)
 
     Without ``predict`` the artifact must be a ``.joblib`` bundle written by the library's
     runner. With ``predict`` (``"module:function"``), any file or folder works: the function
-    is resolved now and later called as ``function(artifact_path, features)``; the artifact is
-    not opened here.
+    is imported now (an ImportError names the module or attribute that is missing) and later
+    called as ``function(artifact_path, features)``; the artifact is not opened here.
 
     Only load bundles this project's jobs wrote: joblib files are pickles and run code when
     loaded.
@@ -184,11 +161,13 @@ def load_model(artifact_uri: str | os.PathLike[str], predict: str | None = None)
     if not path.exists():
         raise FileNotFoundError(f"model artifact {artifact_uri} does not exist")
     if predict:
+        from ml_assets.references import resolve
+
         return TrainedModel(
             estimator=None,
             feature_columns=None,
             artifact=path,
-            predict_function=resolve_function(predict),
+            predict_function=resolve(predict),
             predict_reference=predict,
         )
     hint = "give `predict: module:function` in the team YAML to score it"

@@ -64,3 +64,25 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def pack_directory(directory: Path, target: Path) -> Path:
+    """Write ``directory`` as an uncompressed tar at ``target``, the same bytes for the same
+    files: members sorted, with no owners or times, so its sha256 identifies the content."""
+    import tarfile
+
+    def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(directory.rglob("*")):
+            archive.add(
+                path,
+                arcname=path.relative_to(directory).as_posix(),
+                recursive=False,
+                filter=normalised,
+            )
+    return target

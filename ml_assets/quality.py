@@ -4,8 +4,10 @@
 * ``null_counts``: nulls per column;
 * ``range_violations``: values outside declared ``[low, high]`` bounds;
 * ``population_stability``: the population stability index (PSI) of each numeric column of a
-  current sample against a reference sample, on the reference's decile bins. By the usual rule
-  of thumb, below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a large one.
+  current sample against a reference sample, on the reference's decile bins; columns that are
+  not numeric (or boolean) in both samples, such as string labels or categories, are skipped.
+  By the usual rule of thumb, below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a
+  large one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 PSI_BINS = 10
 # Floor for empty bins, so one empty bin gives a large but finite PSI rather than infinity.
 _PSI_EPSILON = 1e-4
+_NUMERIC_KINDS = ("int", "float", "bool")
 
 
 def column_kind(series: pd.Series) -> str:
@@ -65,6 +68,10 @@ def range_violations(
             found[name] = {"rows": len(frame), "problem": "column missing"}
             continue
         values = pd.to_numeric(frame[name], errors="coerce")
+        unreadable = values.isna() & frame[name].notna()
+        if unreadable.any():
+            found[name] = {"rows": int(unreadable.sum()), "problem": "values are not numbers"}
+            continue
         outside = (values < low) | (values > high)
         if outside.any():
             found[name] = {
@@ -105,12 +112,12 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> flo
 def population_stability(
     reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
 ) -> dict[str, float]:
-    """PSI per numeric column present in both frames."""
+    """PSI per column of ``columns`` that is numeric (or boolean) in both frames."""
     scores = {}
     for name in columns:
         if name not in reference.columns or name not in current.columns:
             continue
-        if column_kind(reference[name]) in ("string", "datetime"):
+        if not all(column_kind(f[name]) in _NUMERIC_KINDS for f in (reference, current)):
             continue
         ref = pd.to_numeric(reference[name], errors="coerce").to_numpy(dtype=float)
         cur = pd.to_numeric(current[name], errors="coerce").to_numpy(dtype=float)

@@ -21,7 +21,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-_REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
 
 
 class BadReference(ValueError):
@@ -93,7 +95,9 @@ def resolve(reference: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportError(f"module {module_name!r} of {reference!r} cannot be imported: {exc}")
+        raise ImportError(
+            f"module {module_name!r} of {reference!r} cannot be imported: {exc}"
+        ) from exc
     try:
         target = getattr(module, attribute)
     except AttributeError:

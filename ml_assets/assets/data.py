@@ -121,16 +121,19 @@ def build_feature_table(features: FeaturesSpec, task: Task, rows: "pa.Table") ->
         raise ValueError(f"{where}: the label {features.label!r} has {label.null_count} nulls")
     if task == "binary":
         values = set(pc.unique(label).to_pylist())
-        if not values <= {0, 1, True, False}:
+        if not values <= {0, 1}:  # True and False compare equal to 1 and 0
             raise ValueError(
-                f"a binary task needs labels 0/1, but {features.label!r} holds {sorted(values)[:10]}"
+                f"a binary task needs labels 0/1, but {features.label!r} holds "
+                f"{sorted(values, key=str)[:10]}"
             )
         label = pc.cast(label, pa.int8())
     elif task == "multiclass":
         if len(pc.unique(label)) < 2:
             raise ValueError(f"a multiclass task needs 2 or more classes in {features.label!r}")
     elif not pa.types.is_integer(label.type) and not pa.types.is_floating(label.type):
-        raise ValueError(f"a regression task needs a numeric label; {features.label!r} is {label.type}")
+        raise ValueError(
+            f"a regression task needs a numeric label; {features.label!r} is {label.type}"
+        )
     else:
         label = pc.cast(label, pa.float64())
     # Order: row_id first, the features, then label; the split is appended last.

@@ -4,12 +4,14 @@ Three checks gate every promotion; each is recorded on the asset with its number
 checks tab says why a version was held back:
 
 * ``beats_champion``: the challenger and the current production model (the champion) are scored
-  on the same holdout rows, the challenger's; the challenger must be at least as good on the
-  team's primary metric, plus ``min_improvement``.
+  on the same holdout rows, the challenger's, for the model's task; the challenger must be at
+  least as good on the team's primary metric (by default the task's: ROC AUC, macro F1, RMSE),
+  plus ``min_improvement``, whichever direction is better for that metric.
 * ``training_data_quality``: the challenger's training data has the champion's schema, no nulls
   and no value outside the ranges the team's YAML declares.
-* ``no_drift``: no feature's population stability index against the data the champion was
-  trained on exceeds ``max_drift_psi``.
+* ``no_drift``: no numeric feature's population stability index against the data the champion
+  was trained on exceeds ``max_drift_psi`` (``row_id``, ``label`` and ``split`` are not features,
+  so a string or float label is never measured).
 
 With no champion yet, the comparisons pass and say so. The decision is written to the
 registry (the version's ``promotion`` note) whatever it is; a promoted version takes the
@@ -26,6 +28,7 @@ import dagster as dg
 
 from ml_assets import transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata
+from ml_assets.assets.evaluation import Scoring
 from ml_assets.assets.registration import registry_for
 from ml_assets.registries.base import (
     ARCHIVED,
@@ -36,7 +39,7 @@ from ml_assets.registries.base import (
 )
 from ml_assets.teams.spec import PromotionSpec, TeamSpec
 
-PROMOTION_LOGIC_VERSION = "1"
+PROMOTION_LOGIC_VERSION = "2"
 BEATS_CHAMPION = "beats_champion"
 DATA_QUALITY = "training_data_quality"
 NO_DRIFT = "no_drift"
@@ -83,46 +86,87 @@ class Tables:
         return self._read[uri]
 
 
+def primary_metric(policy: PromotionSpec, task: str) -> str:
+    """The metric champion and challenger are compared on: the team's, or the task's default."""
+    from ml_assets.evaluation import default_primary_metric
+
+    return policy.primary_metric or default_primary_metric(task)
+
+
 def beats_champion(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    policy: PromotionSpec,
+    tables: Tables,
+    scoring: Scoring,
 ) -> Gate:
     """Score both models on the challenger's holdout rows and compare the primary metric."""
-    from ml_assets.evaluation import LOWER_IS_BETTER, evaluate, load_model, predict_scores
+    from ml_assets.evaluation import (
+        TASK_METRICS,
+        class_labels,
+        evaluate,
+        load_model,
+        lower_is_better,
+        metric_functions,
+        predict,
+    )
 
-    metric = policy.primary_metric
+    task = scoring.task
+    metric = primary_metric(policy, task)
     if champion is None:
         return Gate(BEATS_CHAMPION, True, "no production version yet: nothing to beat")
+    # Only the team's own metric that is compared is computed (a built-in one needs none).
+    extra = (
+        {}
+        if metric in TASK_METRICS[task]
+        else {k: f for k, f in metric_functions(scoring.metrics).items() if k == metric}
+    )
     frame = tables.of(challenger, "features", "uri")
+    holdout = frame[frame["split"] == "holdout"]
+    labels = holdout["label"].to_numpy()
+    classes = class_labels(frame["label"]) if task == "multiclass" else None
+
+    def score(path: Any) -> float:
+        predictions = predict(load_model(path, predict=scoring.predict), holdout, task, classes)
+        metrics = evaluate(task, labels, predictions, classes=classes, extra_metrics=extra).metrics
+        if metric not in metrics:
+            raise ValueError(
+                f"the primary metric {metric!r} is not computed for a {task} model; it "
+                f"computes {', '.join(sorted(metrics))}"
+            )
+        return float(metrics[metric])
+
     with (
         transport.local_copy(str(_lineage(challenger, "training", "artifact_uri"))) as new_path,
         transport.local_copy(str(_lineage(champion, "training", "artifact_uri"))) as old_path,
     ):
-        holdout = frame[frame["split"] == "holdout"]
-        labels = holdout["label"].to_numpy()
+        new_value = score(new_path)
         try:
-            old_scores = predict_scores(load_model(old_path), holdout)
-        except (KeyError, ValueError) as error:
+            old_value = score(old_path)
+        except Exception as error:  # the champion's format or columns are the past's
             return Gate(
                 BEATS_CHAMPION,
                 True,
                 f"the champion (version {champion.version}) cannot score the new holdout "
-                f"({error}); the data quality check judges the schema change",
-                {"champion_version": champion.version},
+                f"({type(error).__name__}: {error}); the data quality check judges the schema "
+                "change",
+                {"champion_version": champion.version, "metric": metric, "task": task},
             )
-        new_value = evaluate(labels, predict_scores(load_model(new_path), holdout)).metrics[metric]
-        old_value = evaluate(labels, old_scores).metrics[metric]
-    lower_better = metric in LOWER_IS_BETTER
+    lower_better = lower_is_better(metric)
     margin = (old_value - new_value) if lower_better else (new_value - old_value)
     passed = margin >= policy.min_improvement
     relation = "beats or matches" if passed else "falls short of"
+    direction = "lower" if lower_better else "higher"
     return Gate(
         BEATS_CHAMPION,
         passed,
         f"challenger {metric} {new_value:.4f} {relation} champion (version {champion.version}) "
-        f"{old_value:.4f} on the same {len(holdout)} holdout rows (needed margin "
-        f"{policy.min_improvement:+.4f}, got {margin:+.4f})",
+        f"{old_value:.4f} on the same {len(holdout)} holdout rows ({direction} is better; "
+        f"needed margin {policy.min_improvement:+.4f}, got {margin:+.4f})",
         {
             "metric": metric,
+            "task": task,
+            "lower_is_better": lower_better,
             "challenger": round(float(new_value), 6),
             "champion": round(float(old_value), 6),
             "champion_version": champion.version,
@@ -132,7 +176,11 @@ def beats_champion(
 
 
 def data_quality(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    policy: PromotionSpec,
+    tables: Tables,
+    scoring: Scoring,
 ) -> Gate:
     """Schema against the champion's training data, nulls, and the declared ranges."""
     from ml_assets.quality import null_counts, range_violations, schema_differences, schema_of
@@ -165,9 +213,13 @@ def data_quality(
 
 
 def no_drift(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec, tables: Tables
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    policy: PromotionSpec,
+    tables: Tables,
+    scoring: Scoring,
 ) -> Gate:
-    """Feature PSI of the challenger's training rows against the champion's."""
+    """PSI of each numeric feature, the challenger's training rows against the champion's."""
     from ml_assets.features import feature_columns
     from ml_assets.quality import population_stability
 
@@ -177,7 +229,8 @@ def no_drift(
     reference = tables.of(champion, "features", "uri")
     current = current[current["split"] == "train"]
     reference = reference[reference["split"] == "train"]
-    scores = population_stability(reference, current, feature_columns(current))
+    features = feature_columns(current)
+    scores = population_stability(reference, current, features)
     worst = max(scores, key=lambda name: scores[name], default=None)
     worst_value = scores[worst] if worst else 0.0
     drifted = {name: value for name, value in scores.items() if value > policy.max_drift_psi}
@@ -186,6 +239,8 @@ def no_drift(
         "max_psi_feature": worst,
         "limit": policy.max_drift_psi,
         "drifted_features": drifted,
+        "features_measured": len(scores),
+        "features_not_measured": [name for name in features if name not in scores],
         "reference_version": champion.version,
     }
     if drifted:
@@ -209,18 +264,26 @@ GATES = (BEATS_CHAMPION, DATA_QUALITY, NO_DRIFT)
 
 
 def run_gates(
-    challenger: ModelVersion, champion: ModelVersion | None, policy: PromotionSpec
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    policy: PromotionSpec,
+    scoring: Scoring | None = None,
 ) -> list[Gate]:
-    """Every promotion check; one that cannot run fails with its error rather than passing."""
+    """Every promotion check; one that cannot run fails with its error rather than passing.
+
+    ``scoring`` says how the models are scored (task, predict function, extra metrics); by
+    default binary models that are the runner's bundles.
+    """
     gates = []
     tables = Tables()
+    scoring = scoring or Scoring()
     for name, gate in (
         (BEATS_CHAMPION, beats_champion),
         (DATA_QUALITY, data_quality),
         (NO_DRIFT, no_drift),
     ):
         try:
-            gates.append(gate(challenger, champion, policy, tables))
+            gates.append(gate(challenger, champion, policy, tables, scoring))
         except Exception as error:  # a check that cannot run must not let the model through
             gates.append(Gate(name, False, f"could not run: {type(error).__name__}: {error}"))
     return gates
@@ -292,6 +355,8 @@ def _checks_table(gates: list[Gate]) -> str:
 def build_promotion_asset(model: ModelContext) -> dg.AssetsDefinition:
     """The ``<model>_promoted`` asset with its three blocking checks."""
     keys, team, policy = model.keys, model.team, model.spec.promotion
+    scoring = Scoring.of(model.spec)
+    metric = primary_metric(policy, scoring.task)
 
     @dg.asset(
         key=keys.promoted,
@@ -299,7 +364,7 @@ def build_promotion_asset(model: ModelContext) -> dg.AssetsDefinition:
         output_required=False,
         description=(
             f"The production version of {model.name} in the {team.registry.kind} registry: the "
-            f"latest registered version once it beats the champion on {policy.primary_metric}, "
+            f"latest registered version once it beats the champion on {metric}, "
             "its training data passes quality checks and its features have not drifted."
         ),
         automation_condition=dg.AutomationCondition.eager(),
@@ -323,7 +388,7 @@ def build_promotion_asset(model: ModelContext) -> dg.AssetsDefinition:
                 description="Feature PSI against the champion's training data.",
             ),
         ],
-        code_version=code_version(PROMOTION_LOGIC_VERSION, policy.model_dump()),
+        code_version=code_version(PROMOTION_LOGIC_VERSION, policy.model_dump(), scoring.as_dict()),
         **model.asset_settings(team.registry.kind if team.registry.kind != "local" else "python"),
     )
     def promoted(context: dg.AssetExecutionContext) -> Iterator[Any]:
@@ -339,7 +404,7 @@ def build_promotion_asset(model: ModelContext) -> dg.AssetsDefinition:
                 Gate(g, True, f"version {champion.version} is already production") for g in GATES
             ]
         else:
-            gates = run_gates(challenger, champion, policy)
+            gates = run_gates(challenger, champion, policy, scoring)
         note = promote(registry, name, challenger.version, gates, context.run_id)
         for gate in gates:
             context.log.info(

@@ -4,17 +4,20 @@ Only a model whose evaluation met every threshold is registered, and the version
 lineage: the training job, the exact data versions it read, the runs and the code versions.
 """
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata, record_values
+from ml_assets.files import pack_directory
 from ml_assets.registries import team_registry
 from ml_assets.registries.base import CHALLENGER, PRODUCTION, ModelRegistry, RegistrationRequest
 from ml_assets.teams.spec import TeamSpec
 
-REGISTRATION_LOGIC_VERSION = "1"
+REGISTRATION_LOGIC_VERSION = "2"
 
 
 def registry_for(team: TeamSpec, instance: dg.DagsterInstance | None) -> ModelRegistry:
@@ -62,7 +65,16 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
         from ml_assets.tables import file_sha256
 
         registry = registry_for(team, instance)
-        with transport.local_copy(str(trained["artifact"])) as artifact_path:
+        with (
+            transport.local_copy(str(trained["artifact"])) as local_artifact,
+            tempfile.TemporaryDirectory(prefix="ml_assets_pack_") as scratch,
+        ):
+            # A registry stores one file; an artifact that is a folder is stored as a tar.
+            artifact_path = (
+                pack_directory(local_artifact, Path(scratch) / f"{local_artifact.name}.tar")
+                if local_artifact.is_dir()
+                else local_artifact
+            )
             lineage["training"]["artifact_sha256"] = file_sha256(artifact_path)
             version = registry.register(
                 RegistrationRequest(
@@ -140,6 +152,8 @@ def build_lineage(
             "hyperparameters": dict(trained["hyperparameters"]),
             "attempt": trained.get("attempt"),
             "artifact_uri": trained["artifact"],
+            "flavour": trained.get("flavour", ""),
+            "device": trained.get("device", ""),
             "submitted_by_run": trained["submitted_by_run"],
             "code_version": trained.get("code_version") or trained.get("__code_version__"),
         },

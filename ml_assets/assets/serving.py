@@ -3,18 +3,23 @@
 For each version that becomes production (by promotion or rollback) it writes, under
 ``<ML_ASSETS_HOME>/serving/<team>/<model>/<version>/``:
 
-* ``model/model.joblib``: the bare estimator, the layout KServe's scikit-learn runtime loads;
-* ``inferenceservice.yaml``: a KServe ``InferenceService`` manifest for that directory;
+* ``model/model.joblib``: the bare estimator, the layout KServe's scikit-learn runtime loads,
+  and ``inferenceservice.yaml``, a KServe ``InferenceService`` manifest for that directory, when
+  the artifact is the runner's ``model.joblib`` bundle of a scikit-learn-style estimator. Any
+  other artifact (a torch state dict, an ONNX file, a folder) needs a custom predictor around
+  the team's ``predict`` function; the spec says so and names the artifact;
 * ``serving.json``: everything below in one document.
 
 With an MLflow registry it also names the ``models:/`` URI for ``mlflow models serve``; when the
 team's YAML has ``serving.sagemaker``, it creates a SageMaker model and endpoint config through
 boto3. Before any of this, the ``smoke_test`` check loads the artifact (verifying its sha256
-against the one registered), scores a sample of holdout rows and requires finite probabilities;
-a version that fails is never marked ready.
+against the one registered) the way evaluation does, scores a sample of holdout rows for the
+model's task and requires valid output (probabilities in [0, 1], class probabilities summing to
+1 per row, finite regression predictions); a version that fails is never marked ready.
 """
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,54 +28,103 @@ import dagster as dg
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version
+from ml_assets.assets.evaluation import Scoring
 from ml_assets.assets.registration import registry_for
 from ml_assets.registries.base import PRODUCTION, ModelVersion
 
-SERVING_LOGIC_VERSION = "1"
+SERVING_LOGIC_VERSION = "2"
 SMOKE_TEST = "smoke_test"
 SAMPLE_ROWS = 64
 
 
-def smoke_test(version: ModelVersion, out_dir: Path) -> dict[str, Any]:
+def artifact_sha256(path: Path) -> str:
+    """Hex SHA-256 of an artifact as registration computes it: a file's bytes, or for a folder
+    the bytes of its deterministic tar (:func:`ml_assets.files.pack_directory`)."""
+    from ml_assets.files import pack_directory
+    from ml_assets.tables import file_sha256
+
+    if not path.is_dir():
+        return file_sha256(path)
+    with tempfile.TemporaryDirectory(prefix="ml_assets_pack_") as scratch:
+        return file_sha256(pack_directory(path, Path(scratch) / f"{path.name}.tar"))
+
+
+def sklearn_style(estimator: Any, task: str) -> bool:
+    """Whether KServe's scikit-learn runtime can serve ``estimator``: the estimator API
+    (``get_params``, ``predict``) and, for a classifier, ``predict_proba``."""
+    needed = ("get_params", "predict", *(("predict_proba",) if task != "regression" else ()))
+    return estimator is not None and all(callable(getattr(estimator, n, None)) for n in needed)
+
+
+def _foreign_modules(estimator: Any) -> list[str]:
+    """Top-level packages besides scikit-learn the pickled estimator needs to load."""
+    found = {type(estimator).__module__.split(".")[0]}
+    try:
+        params = estimator.get_params(deep=True)
+    except Exception:
+        params = {}
+    found |= {
+        type(value).__module__.split(".")[0]
+        for value in params.values()
+        if callable(getattr(value, "get_params", None))
+    }
+    return sorted(found - {"sklearn", "builtins"})
+
+
+def smoke_test(
+    version: ModelVersion, out_dir: Path, scoring: Scoring | None = None
+) -> dict[str, Any]:
     """Load the version's artifact, check its hash, score a sample; write the bare estimator.
 
-    Raises ``ValueError`` with the reason when the artifact is not the one registered or does
-    not score.
+    The bare estimator goes to ``out_dir/model/model.joblib`` only when the artifact is a bundle
+    of a scikit-learn-style estimator (``kserve_sklearn`` in the result says which). Raises
+    ``ValueError`` with the reason when the artifact is not the one registered or does not
+    score.
     """
     import joblib
     import numpy as np
     import pandas as pd
 
-    from ml_assets.datasets import file_sha256
-    from ml_assets.evaluation import load_model, predict_scores
+    from ml_assets.evaluation import check_predictions, class_labels, load_model, predict
 
+    scoring = scoring or Scoring()
+    task = scoring.task
     training = version.lineage.get("training", {})
     features = version.lineage.get("features", {})
+    with transport.local_copy(str(features["uri"])) as features_path:
+        frame = pd.read_parquet(features_path)
+    sample = frame[frame["split"] == "holdout"].head(SAMPLE_ROWS)
+    if sample.empty:
+        raise ValueError(f"the features at {features['uri']} have no holdout rows to score")
+    classes = class_labels(frame["label"]) if task == "multiclass" else None
     with transport.local_copy(str(training["artifact_uri"])) as artifact_path:
-        digest = file_sha256(artifact_path)
+        digest = artifact_sha256(artifact_path)
         expected = training.get("artifact_sha256")
         if expected and digest != expected:
             raise ValueError(
                 f"artifact {training['artifact_uri']} has sha256 {digest}, but version "
                 f"{version.version} was registered with {expected}"
             )
-        model = load_model(artifact_path)
-    with transport.local_copy(str(features["uri"])) as features_path:
-        frame = pd.read_parquet(features_path)
-    sample = frame[frame["split"] == "holdout"].head(SAMPLE_ROWS)
-    scores = predict_scores(model, sample)
-    if len(scores) != len(sample) or not np.all(np.isfinite(scores)):
-        raise ValueError(f"the model gave {len(scores)} scores for {len(sample)} rows, or NaNs")
-    if np.any((scores < 0) | (scores > 1)):
-        raise ValueError("the model gave scores outside [0, 1]")
-    (out_dir / "model").mkdir(parents=True, exist_ok=True)
-    joblib.dump(model.estimator, out_dir / "model" / "model.joblib")
+        model = load_model(artifact_path, predict=scoring.predict)
+        predictions = predict(model, sample, task, classes)
+    check_predictions(task, predictions)
+    # One number per row to summarise: the positive-class probability, the most likely class's
+    # probability, or the prediction.
+    scores = predictions.max(axis=1) if task == "multiclass" else predictions
+    kserve = model.is_bundle and sklearn_style(model.estimator, task)
+    needs = ", ".join(_foreign_modules(model.estimator)) if kserve else ""
+    if kserve:
+        (out_dir / "model").mkdir(parents=True, exist_ok=True)
+        joblib.dump(model.estimator, out_dir / "model" / "model.joblib")
     return {
+        "task": task,
         "rows_scored": len(sample),
-        "score_min": round(float(scores.min()), 6),
-        "score_max": round(float(scores.max()), 6),
-        "score_mean": round(float(scores.mean()), 6),
+        "score_min": round(float(np.min(scores)), 6),
+        "score_max": round(float(np.max(scores)), 6),
+        "score_mean": round(float(np.mean(scores)), 6),
         "artifact_sha256": digest,
+        "kserve_sklearn": kserve,
+        **({"estimator_needs": needs} if needs else {}),
     }
 
 
@@ -89,24 +143,40 @@ def serving_spec(
         if prefix
         else (out_dir / "model").as_uri()
     )
-    manifest = inference_service(
-        name,
-        version.version,
-        storage_uri,
-        namespace=team.serving.kserve_namespace,
-        labels={"ml-assets/team": team.team},
-    )
-    (out_dir / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     spec: dict[str, Any] = {
         "model": name,
         "version": version.version,
         "registry": version.registry,
         "model_uri": version.uri,
         "job_id": version.job_id,
+        "task": smoke.get("task", "binary"),
+        "artifact_uri": version.lineage.get("training", {}).get("artifact_uri"),
         "artifact_sha256": smoke["artifact_sha256"],
-        "model_dir": str(out_dir / "model"),
-        "kserve": {"manifest": manifest, "file": str(out_dir / "inferenceservice.yaml")},
     }
+    if smoke.get("kserve_sklearn", True):
+        manifest = inference_service(
+            name,
+            version.version,
+            storage_uri,
+            namespace=team.serving.kserve_namespace,
+            labels={"ml-assets/team": team.team},
+        )
+        (out_dir / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        spec["model_dir"] = str(out_dir / "model")
+        spec["kserve"] = {"manifest": manifest, "file": str(out_dir / "inferenceservice.yaml")}
+        if smoke.get("estimator_needs"):
+            spec["kserve"]["runtime_needs"] = (
+                f"the estimator's pickle imports {smoke['estimator_needs']}: the sklearn "
+                "runtime image must have it installed"
+            )
+    else:
+        spec["custom_predictor"] = {
+            "needed": True,
+            "reason": "the artifact is not a model.joblib bundle of a scikit-learn-style "
+            "estimator, so KServe's sklearn runtime cannot load it; serve it with a custom "
+            "predictor that calls the team's predict function",
+            "predict": model.spec.predict,
+        }
     if version.registry == "mlflow":
         spec["mlflow"] = {
             "model_uri": f"models:/{name}/{version.version}",
@@ -123,13 +193,15 @@ def serving_spec(
 def build_serving_asset(model: ModelContext) -> dg.AssetsDefinition:
     """The ``<model>_serving`` asset and its blocking smoke test."""
     keys, team = model.keys, model.team
+    scoring = Scoring.of(model.spec)
 
     @dg.asset(
         key=keys.serving,
         deps=[keys.promoted],
         output_required=False,
         description=(
-            f"Serving spec of the production {model.name}: KServe manifest, model directory"
+            f"Serving spec of the production {model.name}: KServe manifest and model directory "
+            "(or a note that the artifact needs a custom predictor)"
             + (", MLflow model URI" if team.registry.kind == "mlflow" else "")
             + (", SageMaker model and endpoint config" if team.serving.sagemaker else "")
             + ". Ready only after the smoke test scores a holdout sample."
@@ -144,7 +216,9 @@ def build_serving_asset(model: ModelContext) -> dg.AssetsDefinition:
                 f"scores {SAMPLE_ROWS} holdout rows.",
             )
         ],
-        code_version=code_version(SERVING_LOGIC_VERSION, team.serving.model_dump()),
+        code_version=code_version(
+            SERVING_LOGIC_VERSION, team.serving.model_dump(), scoring.as_dict()
+        ),
         **model.asset_settings("kubernetes", *(["sagemaker"] if team.serving.sagemaker else [])),
     )
     def serving(context: dg.AssetExecutionContext) -> Iterator[Any]:
@@ -157,7 +231,7 @@ def build_serving_asset(model: ModelContext) -> dg.AssetsDefinition:
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            smoke = smoke_test(version, out_dir)
+            smoke = smoke_test(version, out_dir, scoring)
         except Exception as error:
             yield dg.AssetCheckResult(
                 check_name=SMOKE_TEST,
@@ -174,14 +248,18 @@ def build_serving_asset(model: ModelContext) -> dg.AssetsDefinition:
             {"serving": {"ready": True, "spec": str(out_dir / "serving.json"), **smoke}},
         )
         context.log.info(f"version {version.version} is ready to serve: {out_dir}")
-        manifest = (out_dir / "inferenceservice.yaml").read_text()
+        if "kserve" in spec:
+            manifest = (out_dir / "inferenceservice.yaml").read_text()
+            deploy = {"kserve_manifest": dg.MetadataValue.md(f"```yaml\n{manifest}```")}
+        else:
+            deploy = {"custom_predictor_needed": spec["custom_predictor"]["reason"]}
         yield dg.MaterializeResult(
             metadata={
                 "ready": True,
                 "version": version.version,
                 "model_uri": version.uri,
                 "spec": dg.MetadataValue.path(str(out_dir / "serving.json")),
-                "kserve_manifest": dg.MetadataValue.md(f"```yaml\n{manifest}```"),
+                **deploy,
                 **({"mlflow_model_uri": spec["mlflow"]["model_uri"]} if "mlflow" in spec else {}),
                 "serving": dg.MetadataValue.json(spec),
             }

@@ -31,8 +31,9 @@ OAuth, Azure CLI, ...). The token goes into no request body, tag, handle or log.
 
 The cluster is single-node (``num_workers`` 0 with the single-node ``spark_conf`` and
 ``ResourceClass`` tag) on ``container_spark_version`` for a job with an image, else on
-``gpu_spark_version`` (an ML GPU runtime) when GPUs are asked for, else ``spark_version``. Its node type is the smallest shape of ``NODE_TYPES`` (AWS node types; by GPU
-count, then vCPUs, then memory) with at least the requested GPUs, vCPUs and memory:
+``gpu_spark_version`` (an ML GPU runtime) when GPUs are asked for, else ``spark_version``. Its node
+type is the smallest shape of ``NODE_TYPES`` (AWS node types; by GPU count, then vCPUs, then memory)
+with at least the requested GPUs, vCPUs and memory:
 
 ==============  =========================================================================
 ``gpu_type``    node types (GPUs / vCPUs / GiB)

@@ -1,17 +1,18 @@
 """The Kubernetes backend: one ``batch/v1`` Job per training run, through the official client.
 
-The Job is named ``spec.job_name`` (deterministic from the idempotency key), so the API
-server's name uniqueness is what makes ``submit`` idempotent: a ``409 AlreadyExists`` means the
-job is there already, and its ``ml-assets/idempotency-key`` annotation is checked to be ours.
-The container runs ``spec.image`` (else the ``image`` setting) in ``spec.working_dir`` (its
-``workingDir``; else the image's WORKDIR) with ``spec.env``. A staged job's command is
-``remote.staged_command``, which uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a
-non-zero exit, ``failure.json`` to the job's ``output_uri``; an unstaged one (``staged=False``)
-runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there
-itself. The backend uses ``spec.output_uri`` as given (the asset layer builds it as
-``<storage_root>/jobs/<team>/<model>/<job name>``, see ``remote.output_location``). ``storage_root`` may be ``s3://``, ``gs://`` (the pod reaches it with
-its service account's cloud identity, never a secret in the job's env) or a path on a volume that
-both the pod and the Dagster processes mount (``shared_volume_claim`` mounts a PVC at that path).
+The Job is named ``spec.job_name`` (deterministic from the idempotency key), so the API server's
+name uniqueness is what makes ``submit`` idempotent: a ``409 AlreadyExists`` means the job is there
+already, and its ``ml-assets/idempotency-key`` annotation is checked to be ours. The container runs
+``spec.image`` (else the ``image`` setting) in ``spec.working_dir`` (its ``workingDir``; else the
+image's WORKDIR) with ``spec.env``. A staged job's command is ``remote.staged_command``, which
+uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a non-zero exit, ``failure.json`` to the
+job's ``output_uri``; an unstaged one (``staged=False``) runs ``spec.command`` as it is with
+``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there itself. The backend uses
+``spec.output_uri`` as given (the asset layer builds it as ``<storage_root>/jobs/<team>/<model>/<job
+name>``, see ``remote.output_location``). ``storage_root`` may be ``s3://``, ``gs://`` (the pod
+reaches it with its service account's cloud identity, never a secret in the job's env) or a path on
+a volume that both the pod and the Dagster processes mount (``shared_volume_claim`` mounts a PVC at
+that path).
 
 The machine shape of a job is its container resources plus a node selector:
 

@@ -12,14 +12,14 @@ files, so any process holding nothing but the ``JobHandle`` can poll, cancel or 
 ``cancelled``      marker written by ``cancel``; wins over everything else
 =================  ==========================================================================
 
-The command runs under ``ml_assets.backends._local_runner`` in a new session, so it outlives
-the Dagster step (and the code server) that submitted it. It runs as it is (``JobSpec.staged``
-and ``JobSpec.image`` do not apply on this machine), in ``JobSpec.working_dir`` if given (a
-relative one is taken from the job's directory), else in the job's directory, with the
-environment of the submitting process, ``extra_env``, ``spec.env`` (the Pipes context and
-messages parameters) and ``ML_ASSETS_OUTPUT_URI`` = the job's directory, where it writes its
-artifacts and Pipes messages. A command that exits 0 is ``SUCCEEDED`` with ``result_uri`` = the
-job's ``output_uri``; what it produced is for the reconciler to read from its messages. No dagster import here: the lead's
+The command runs under ``ml_assets.backends._local_runner`` in a new session, so it outlives the
+Dagster step (and the code server) that submitted it. It runs as it is (``JobSpec.staged`` and
+``JobSpec.image`` do not apply on this machine), in ``JobSpec.working_dir`` if given (a relative one
+is taken from the job's directory), else in the job's directory, with the environment of the
+submitting process, ``extra_env``, ``spec.env`` (the Pipes context and messages parameters) and
+``ML_ASSETS_OUTPUT_URI`` = the job's directory, where it writes its artifacts and Pipes messages. A
+command that exits 0 is ``SUCCEEDED`` with ``result_uri`` = the job's ``output_uri``; what it
+produced is for the reconciler to read from its messages. No dagster import here: the lead's
 resource layer wraps this class.
 """
 

@@ -1,14 +1,14 @@
 """Vertex AI: each training job is one CustomJob, driven through ``google-cloud-aiplatform``.
 
 The job runs in ``spec.image``, else the ``image_uri`` setting (Vertex has no working-directory
-field: ``spec.working_dir`` is ignored and the image's WORKDIR applies), with ``spec.env``. A
-staged job runs ``remote.staged_command`` (the image needs ml_assets), which uploads ``job.log``,
-the Pipes ``messages.jsonl`` and, on a non-zero exit, ``failure.json``; an unstaged one
-(``staged=False``) runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri``
-and writes there itself. The output is the spec's ``output_uri`` (a ``gs://`` URI, used as given:
-the asset layer builds it with ``remote.output_location(storage_root, spec)``), which also
-becomes the CustomJob's ``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient`` over
-its REST transport, so ``api_endpoint`` and ``url_scheme`` can point it at any host.
+field: ``spec.working_dir`` is ignored and the image's WORKDIR applies), with ``spec.env``. A staged
+job runs ``remote.staged_command`` (the image needs ml_assets), which uploads ``job.log``, the Pipes
+``messages.jsonl`` and, on a non-zero exit, ``failure.json``; an unstaged one (``staged=False``)
+runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there
+itself. The output is the spec's ``output_uri`` (a ``gs://`` URI, used as given: the asset layer
+builds it with ``remote.output_location(storage_root, spec)``), which also becomes the CustomJob's
+``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient`` over its REST transport,
+so ``api_endpoint`` and ``url_scheme`` can point it at any host.
 
 Credentials: Application Default Credentials, unless ``anonymous_credentials`` is set (for an
 emulator or a loopback fake; never for Google's own endpoint). GCS is reached the same way as

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from ml_assets import transport
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event
+from ml_assets.assets.training import SUBMITTED, for_attempt, job_extras, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.teams.spec import TeamSpec
 from ml_assets.training.messages import (
@@ -334,8 +334,10 @@ class Reconciler:
         attempts = model.spec.retry.max_attempts
         reported = _final_report(job)
         if reported.exception:
+            # What the job itself said beats its exit status and the log lines around it.
+            first_line = status.message.splitlines()[0] if status.message else ""
             status = status.model_copy(
-                update={"message": f"{status.message}; the job raised {reported.exception}"}
+                update={"message": f"the job raised {reported.exception} ({first_line})"}
             )
         details = {
             "message": status.message,
@@ -384,7 +386,13 @@ class Reconciler:
             {**details, "retry_job_id": handle.job_id},
         )
         outcome.cursor.inflight[handle.job_id] = job.model_copy(
-            update={"handle": handle, "spec": spec, "attempt": attempt, "last_seen": ""}
+            update={
+                "handle": handle,
+                "spec": spec,
+                "attempt": attempt,
+                "last_seen": "",
+                "messages_cursor": 0,
+            }
         )
 
     def _materialization(
@@ -403,7 +411,10 @@ class Reconciler:
         artifact = reported.pop("artifact", None)
         if not isinstance(artifact, str) or not artifact:
             raise ValueError("the job's materialization has no 'artifact' metadata")
-        data_version = report.materialization.get("data_version") or _features_version(job)
+        extras = _extras(job)
+        data_version = report.materialization.get("data_version") or extras.get(
+            "features_data_version", ""
+        )
         metrics = {f"train/{k}": float(v) for k, v in report.metrics.items()}
         for name, value in reported.items():
             if _is_number(value) and name not in NOT_METRICS:
@@ -439,6 +450,9 @@ class Reconciler:
                 "submitted_by_run": job.run_id,
                 "artifact": dg.MetadataValue.path(_artifact_uri(job.handle.output_uri, artifact)),
                 "device": str(report.device or reported.get("device") or "unknown"),
+                # What was asked of the job, whatever it chose to report about itself.
+                "trainer": str(extras.get("trainer") or " ".join(job.spec.command)),
+                "hyperparameters": dg.MetadataValue.json(extras.get("hyperparameters") or {}),
                 "features_uri": dg.MetadataValue.path(job.features_uri),
                 "input_data_versions": dg.MetadataValue.json(
                     {features_key.to_user_string(): str(data_version)}
@@ -468,10 +482,9 @@ def _final_report(job: InFlight) -> JobReport:
     return report
 
 
-def _features_version(job: InFlight) -> str:
-    from ml_assets.assets.training import job_extras
-
-    return str(job_extras(job.spec).get("features_data_version", ""))
+def _extras(job: InFlight) -> dict[str, Any]:
+    """The Pipes extras the job was submitted with."""
+    return job_extras(job.spec)
 
 
 def _is_number(value: Any) -> bool:

@@ -3,7 +3,7 @@
 The file is validated when the team's code location loads. A mistake fails the location with a
 ``TeamSpecError`` that names the file, the line and the field, e.g.::
 
-    ml_assets/teams/fraud/team.yaml, line 18: models.fraud_detector.backend: unknown backend
+    ml_assets/teams/payments/team.yaml, line 18: models.churn_model.backend: unknown backend
     'sagemkr'; choose one of: local
 """
 
@@ -65,7 +65,7 @@ class DatasetSpec(_Spec):
 
     asset: str | None = Field(
         None,
-        description="An asset key ('platform/raw_card_transactions'), from any location, whose "
+        description="An asset key ('platform/raw_events'), from any location, whose "
         "latest materialization has a 'path' to a Parquet file.",
     )
     function: FunctionRef | None = Field(

@@ -17,15 +17,16 @@ GET     /api/v1/namespaces/{ns}/pods/{name}/log     the pod's output (``tailLine
                                                     container waits to start)
 ======  ==========================================  =============================================
 
-Each Job gets one pod ``<job>-<5 chars>`` labelled ``job-name=<job>``; its container's
-``command + args`` runs through ``ProcessJobs`` in the container's ``workingDir`` (if set) with
-``job_env`` (the platform's own settings, e.g. storage endpoints) overlaid by the container's
-``env``. The container's ``image`` is only recorded, in the stored manifest (``job_manifest``). Job status follows the process the way the
-Job controller reports it: ``active``/``ready``, then ``succeeded``/``failed`` with a
-``Complete``/``Failed`` condition (after ``SuccessCriteriaMet``/``FailureTarget``, as Kubernetes
-1.31+ does). The fake runs single-pod Jobs only: it rejects ``backoffLimit`` other than 0 and
-``restartPolicy`` other than Never. A controller thread starts pods and applies
-``ttlSecondsAfterFinished``. ``token`` makes every call require ``Authorization: Bearer <token>``.
+Each Job gets one pod ``<job>-<5 chars>`` labelled ``job-name=<job>``; its container's ``command +
+args`` runs through ``ProcessJobs`` in the container's ``workingDir`` (if set) with ``job_env`` (the
+platform's own settings, e.g. storage endpoints) overlaid by the container's ``env``. The
+container's ``image`` is only recorded, in the stored manifest (``job_manifest``). Job status
+follows the process the way the Job controller reports it: ``active``/``ready``, then
+``succeeded``/``failed`` with a ``Complete``/``Failed`` condition (after
+``SuccessCriteriaMet``/``FailureTarget``, as Kubernetes 1.31+ does). The fake runs single-pod Jobs
+only: it rejects ``backoffLimit`` other than 0 and ``restartPolicy`` other than Never. A controller
+thread starts pods and applies ``ttlSecondsAfterFinished``. ``token`` makes every call require
+``Authorization: Bearer <token>``.
 
 ``count_poll_calls(n)`` measures one backend poll over ``n`` in-flight jobs (see its docstring).
 """

@@ -165,7 +165,6 @@ def run(pipes: Any, output_dir: Path) -> dict[str, Any]:
         "flavour": flavour,
         "device": context.device,
         "trainer": reference,
-        "hyperparameters": hyperparameters,
         "rows_train": len(train),
         "rows_holdout": rows_holdout,
         "duration_seconds": round(time.monotonic() - started, 3),

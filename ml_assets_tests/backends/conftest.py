@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
 import pytest
 
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus

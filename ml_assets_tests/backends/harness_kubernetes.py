@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ml_assets import transport
 from ml_assets.backends.kubernetes import KubernetesBackend
 from ml_assets.testing.fake_kubernetes import FakeKubernetes, job_spec
 from ml_assets.testing.harness import BackendHarness
-
 
 
 @pytest.fixture

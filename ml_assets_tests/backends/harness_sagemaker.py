@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ml_assets import transport
 from ml_assets.backends import load_backend
 from ml_assets.backends.base import Backend, JobSpec
 from ml_assets.backends.remote import output_location

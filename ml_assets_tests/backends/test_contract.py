@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from dagster_pipes import encode_param
 
 from ml_assets import transport
 from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
@@ -189,7 +190,7 @@ def test_a_job_exiting_zero_succeeds_whatever_it_wrote(
 def test_the_spec_env_reaches_the_job(harness: BackendHarness, wait_for: WaitFor) -> None:
     key = new_key("env")
     pipes = {
-        "DAGSTER_PIPES_CONTEXT": "eJyrVkrOzyspSk0uyczPS8xRslJQSs7PS8tMTy1SqgUAmCsKLA==",
+        "DAGSTER_PIPES_CONTEXT": encode_param({"data": {"asset_keys": ["contract"], "extras": {}}}),
         "CONTRACT_VALUE": f"value {key} with spaces",
     }
     spec = harness.make_spec(py(write_env(sorted(pipes))), key)
@@ -208,7 +209,7 @@ def test_an_unstaged_job_writes_its_output_itself(
     key = new_key("unstaged")
     command = python_file(
         harness.scratch,
-        "import os, sys",
+        "import os",
         "from ml_assets import transport",
         "out = os.environ['ML_ASSETS_OUTPUT_URI']",
         "transport.write_json(transport.join(out, 'unstaged.json'), {'out': out})",

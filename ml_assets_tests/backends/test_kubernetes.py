@@ -47,7 +47,7 @@ from ml_assets.testing.fake_kubernetes import (
     job_spec,
 )
 from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import py, wait_for_file, write_result
+from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_env, write_output
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -241,6 +241,34 @@ def test_job_runs_the_staged_command_once_with_the_spec_env_only() -> None:
     assert "do-not-leak" not in json.dumps(body)
 
 
+def test_the_spec_image_and_working_dir_go_into_the_container() -> None:
+    spec = job_spec(
+        "s3://b/ml", ["train"], "k", image="ghcr.io/team/trainer:7", working_dir="/opt/team"
+    )
+
+    body = build_job_body(spec, settings())
+
+    assert container(body)["image"] == "ghcr.io/team/trainer:7"
+    assert container(body)["workingDir"] == "/opt/team"
+    assert "workingDir" not in container(
+        build_job_body(job_spec("s3://b/ml", ["t"], "k"), settings())
+    )
+
+
+def test_an_unstaged_job_runs_its_command_as_it_is_with_its_output_uri() -> None:
+    spec = job_spec(
+        "s3://b/ml", ["/opt/train.sh", "--epochs", "3"], "k", staged=False, env={"A": "1"}
+    )
+
+    body = build_job_body(spec, settings())
+
+    assert container(body)["command"] == ["/opt/train.sh", "--epochs", "3"]
+    assert container(body)["env"] == [
+        {"name": "A", "value": "1"},
+        {"name": "ML_ASSETS_OUTPUT_URI", "value": spec.output_uri},
+    ]
+
+
 def test_shared_volume_claim_is_mounted_at_a_local_storage_root(tmp_path: Path) -> None:
     root = str(tmp_path / "shared")
     body = build_job_body(
@@ -292,7 +320,7 @@ def test_submit_and_poll_survive_faults_and_start_each_job_once(
     fake = start_fake(faults=faults, create_timeouts=2)
     backend = fake.settings(storage_root).get_backend()
     specs = [
-        job_spec(storage_root, py(write_result({"index": index})), f"faults-{index}")
+        job_spec(storage_root, py(write_output({"index": index})), f"faults-{index}")
         for index in range(6)
     ]
 
@@ -301,8 +329,12 @@ def test_submit_and_poll_survive_faults_and_start_each_job_once(
     statuses = wait_for(backend, handles)
 
     for index, handle in enumerate(handles):
-        assert statuses[handle.job_id].state == JobState.SUCCEEDED, statuses[handle.job_id]
-        assert transport.read_json(str(statuses[handle.job_id].result_uri)) == {"index": index}
+        status = statuses[handle.job_id]
+        assert status.state == JobState.SUCCEEDED, status
+        assert status.result_uri == handle.output_uri
+        assert transport.read_json(transport.join(handle.output_uri, OUTPUT_FILE)) == {
+            "index": index
+        }
     assert fake.job_names(NAMESPACE) == sorted(spec.job_name for spec in specs)
     assert {name: fake.created[f"{NAMESPACE}/{name}"] for name in fake.job_names(NAMESPACE)} == {
         spec.job_name: 1 for spec in specs
@@ -364,17 +396,14 @@ def test_load_backend_from_team_yaml_settings_with_an_env_token(
     assert isinstance(backend, KubernetesBackend)
     assert backend.settings.token == "t0ken-from-env"
     assert backend.settings.gpu_node_selectors == {"nvidia-l4": {"pool": "l4"}}
-    report_env = (
-        "import json, os\n"
-        "path = os.path.join(os.environ['ML_ASSETS_OUTPUT_URI'], 'result.json')\n"
-        "json.dump({'level': os.environ['LEVEL']}, open(path, 'w'))"
-    )
     gpu = Resources(gpu_count=1, gpu_type="nvidia-l4")
-    spec = job_spec(storage_root, py(report_env), "yaml", env={"LEVEL": "3"}, resources=gpu)
+    spec = job_spec(
+        storage_root, py(write_env(["LEVEL"])), "yaml", env={"LEVEL": "3"}, resources=gpu
+    )
     handle = backend.submit(spec)
     status = wait_for(backend, [handle])[handle.job_id]
     assert status.state == JobState.SUCCEEDED, status.message
-    assert transport.read_json(str(status.result_uri)) == {"level": "3"}
+    assert transport.read_json(transport.join(spec.output_uri, OUTPUT_FILE)) == {"LEVEL": "3"}
     manifest = fake.job_manifest("fraud-training", spec.job_name)
     assert pod_spec(manifest)["nodeSelector"] == {"pool": "l4"}
     assert "t0ken-from-env" not in json.dumps(manifest) + handle.to_json()
@@ -454,7 +483,7 @@ def test_jobs_removed_by_ttl_report_their_staged_outcome(
 ) -> None:
     fake = start_fake()
     backend = fake.settings(storage_root, ttl_seconds_after_finished=0).get_backend()
-    good = job_spec(storage_root, py(write_result({"ok": True})), "ttl-good")
+    good = job_spec(storage_root, py(write_output({"ok": True})), "ttl-good")
     bad = job_spec(storage_root, py("raise RuntimeError('ttl-bad')"), "ttl-bad")
     handles = [backend.submit(good), backend.submit(bad)]
 
@@ -466,11 +495,67 @@ def test_jobs_removed_by_ttl_report_their_staged_outcome(
     statuses = backend.poll(handles)
 
     assert statuses[good.job_name].state == JobState.SUCCEEDED
-    assert statuses[good.job_name].result_uri == transport.join(good.output_uri, "result.json")
+    assert statuses[good.job_name].result_uri == good.output_uri
     assert statuses[bad.job_name].state == JobState.FAILED
     assert "RuntimeError: ttl-bad" in statuses[bad.job_name].message
     assert backend.submit(good) == handles[0]
     assert fake.created[f"{NAMESPACE}/{good.job_name}"] == 1
+
+
+def test_a_job_runs_in_its_working_dir_and_its_image_is_requested(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str, tmp_path: Path, wait_for: WaitFor
+) -> None:
+    fake = start_fake()
+    backend = fake.settings(storage_root).get_backend()
+    workdir = tmp_path / "workdir"
+    command = py(
+        "import os, pathlib",
+        "pathlib.Path('here.txt').write_text('made here')",
+        "from ml_assets import transport",
+        "out = os.environ['ML_ASSETS_OUTPUT_URI']",
+        "transport.write_json(transport.join(out, 'cwd.json'), {'cwd': os.getcwd()})",
+    )
+    spec = job_spec(
+        storage_root, command, "workdir", image="ghcr.io/team/trainer:7", working_dir=str(workdir)
+    )
+
+    handle = backend.submit(spec)
+    status = wait_for(backend, [handle])[handle.job_id]
+
+    assert status.state == JobState.SUCCEEDED, status.message
+    manifest = fake.job_manifest(NAMESPACE, spec.job_name)
+    assert container(manifest)["workingDir"] == str(workdir)
+    assert container(manifest)["image"] == "ghcr.io/team/trainer:7"
+    assert transport.read_json(transport.join(spec.output_uri, "cwd.json")) == {"cwd": str(workdir)}
+    assert (workdir / "here.txt").read_text() == "made here"
+
+
+def test_a_job_removed_after_it_ran_unstaged_is_reported_by_its_messages(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str, wait_for: WaitFor
+) -> None:
+    fake = start_fake()
+    backend = fake.settings(storage_root, ttl_seconds_after_finished=0).get_backend()
+    # An unstaged job writes no job.log; its Pipes messages show it ran.
+    command = py(
+        "import os, pathlib",
+        "out = pathlib.Path(os.environ['ML_ASSETS_OUTPUT_URI'])",
+        "out.mkdir(parents=True, exist_ok=True)",
+        "(out / 'messages.jsonl').write_text('{}\\n')",
+    )
+    spec = job_spec(storage_root, command, "ttl-unstaged", staged=False)
+    handle = backend.submit(spec)
+    wait_for(backend, [handle])
+    deadline = time.monotonic() + 10
+    while fake.job_names(NAMESPACE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.job_names(NAMESPACE) == []
+
+    status = backend.poll([handle])[handle.job_id]
+
+    assert status.state == JobState.SUCCEEDED, status.message
+    assert status.result_uri == spec.output_uri
+    assert backend.submit(spec) == handle  # it ran: never again
+    assert fake.created[f"{NAMESPACE}/{spec.job_name}"] == 1
 
 
 def test_a_job_deleted_behind_our_back_fails_clearly(
@@ -593,16 +678,16 @@ def test_results_go_to_s3_and_read_back(
         fake = start_fake(job_env=aws)
         backend = fake.settings(storage_root).get_backend()
         spec = job_spec(
-            storage_root, py("print('to s3', flush=True)", write_result({"auc": 0.91})), "s3"
+            storage_root, py("print('to s3', flush=True)", write_output({"auc": 0.91})), "s3"
         )
 
         handle = backend.submit(spec)
         status = wait_for(backend, [handle])[handle.job_id]
 
         assert status.state == JobState.SUCCEEDED, status.message
-        assert status.result_uri == f"{spec.output_uri}/result.json"
+        assert status.result_uri == spec.output_uri
         assert status.result_uri.startswith("s3://ml-outputs/k8s/jobs/fraud/churn_model/")
-        assert transport.read_json(status.result_uri) == {"auc": 0.91}
+        assert transport.read_json(transport.join(status.result_uri, OUTPUT_FILE)) == {"auc": 0.91}
         assert "to s3" in remote.read_log(spec.output_uri, 10)
     finally:
         moto.stop()

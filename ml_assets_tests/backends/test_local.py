@@ -1,4 +1,5 @@
-"""Behaviour specific to the local backend: detachment, crash detection, progress, logs."""
+"""Behaviour specific to the local backend: detachment, crash detection, environment, working
+directory, logs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ml_assets.backends._local_runner import (
 )
 from ml_assets.backends.base import JobHandle, JobSpec, JobState
 from ml_assets.backends.local import JobDirectoryConflict, LocalBackend
-from ml_assets.testing.job_scripts import py, wait_for_file
+from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -43,11 +44,7 @@ def spec_in(directory: Path | str, command: list[str], key: str, **extra: object
     )
 
 
-WRITE_RESULT = (
-    "import json, os; "
-    "json.dump({'ok': True}, open(os.path.join(os.environ['ML_ASSETS_OUTPUT_URI'], "
-    "'result.json'), 'w'))"
-)
+WRITE_OUTPUT = write_output({"ok": True})
 
 
 @pytest.fixture
@@ -66,7 +63,7 @@ def test_job_survives_the_death_of_the_submitting_process(
     tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
 ) -> None:
     go = tmp_path / "go"
-    spec = spec_in(tmp_path / "job", py(wait_for_file(go), WRITE_RESULT), "survivor")
+    spec = spec_in(tmp_path / "job", py(wait_for_file(go), WRITE_OUTPUT), "survivor")
     submitter = (
         "import os, signal, sys\n"
         "from ml_assets.backends.base import JobSpec\n"
@@ -114,7 +111,7 @@ def test_killed_runner_is_reported_as_disappeared(
     status = wait_for(backend, [handle], timeout=10)[handle.job_id]
     assert status.state == JobState.FAILED
     assert "disappeared without an exit status" in status.message
-    # The command does not outlive its runner, so nothing writes a result behind our back.
+    # The command does not outlive its runner, so nothing writes output behind our back.
     wait_until(lambda: pid_gone(runner["child_pid"]), what="the orphaned command to die")
     assert backend.poll([handle])[handle.job_id].state == JobState.FAILED
 
@@ -147,7 +144,7 @@ def test_runner_that_never_starts_is_queued_then_failed(
     # As if the submitting process died between recording the handle and starting the runner.
     monkeypatch.setattr(LocalBackend, "_launch", lambda self, job_dir: None)
     backend = LocalBackend(start_timeout_s=3.0)
-    handle = backend.submit(spec_in(tmp_path / "job", py(WRITE_RESULT), "never"))
+    handle = backend.submit(spec_in(tmp_path / "job", py(WRITE_OUTPUT), "never"))
 
     assert backend.poll([handle])[handle.job_id].state == JobState.QUEUED
     status = wait_for(backend, [handle], timeout=15)[handle.job_id]
@@ -162,39 +159,40 @@ def test_runner_that_never_starts_is_queued_then_failed(
         timeout=60,
     )
     assert "abandoned before start" in late.stderr
-    assert not (tmp_path / "job" / "result.json").exists()
+    assert not (tmp_path / "job" / OUTPUT_FILE).exists()
     assert backend.poll([handle])[handle.job_id].state == JobState.FAILED
 
 
-def test_progress_file_is_reported(
+def test_working_dir_is_the_commands_cwd(
     tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
 ) -> None:
-    go = tmp_path / "go"
-    command = py(
-        "import json, os",
-        "out = os.environ['ML_ASSETS_OUTPUT_URI']",
-        "json.dump({'fraction': 0.25, 'message': 'epoch 1/4'}, "
-        "open(os.path.join(out, 'progress.json'), 'w'))",
-        wait_for_file(go),
-        WRITE_RESULT,
+    report_cwd = (
+        "import os; open(os.path.join(os.environ['ML_ASSETS_OUTPUT_URI'], 'cwd'), 'w')"
+        ".write(os.getcwd())"
     )
-    handle = backend.submit(spec_in(tmp_path / "job", command, "progress"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    absolute = spec_in(tmp_path / "abs", py(report_cwd), "abs", working_dir=str(elsewhere))
+    relative = spec_in(tmp_path / "rel", py(report_cwd), "rel", working_dir="work")
+    (tmp_path / "rel" / "work").mkdir(parents=True)
+    missing = spec_in(tmp_path / "gone", py(report_cwd), "gone", working_dir="/nonexistent/dir")
 
-    running = wait_for(backend, [handle], until=lambda s: s.progress == 0.25)[handle.job_id]
+    handles = [backend.submit(spec) for spec in (absolute, relative, missing)]
+    statuses = wait_for(backend, handles)
 
-    assert running.state == JobState.RUNNING
-    assert running.message == "epoch 1/4"
-    go.touch()
-    done = wait_for(backend, [handle])[handle.job_id]
-    assert done.state == JobState.SUCCEEDED
-    assert done.progress == 1.0
+    assert statuses[absolute.job_name].state == JobState.SUCCEEDED
+    assert (tmp_path / "abs" / "cwd").read_text() == str(elsewhere)
+    assert statuses[relative.job_name].state == JobState.SUCCEEDED
+    assert (tmp_path / "rel" / "cwd").read_text() == str(tmp_path / "rel" / "work")
+    assert statuses[missing.job_name].state == JobState.FAILED
+    assert "/nonexistent/dir" in statuses[missing.job_name].message
 
 
 def test_logs_tail_reads_only_the_end_of_a_large_log(
     tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
 ) -> None:
     job_dir = tmp_path / "job"
-    command = py("print('\\n'.join(f'line {i}' for i in range(200_000)))", WRITE_RESULT)
+    command = py("print('\\n'.join(f'line {i}' for i in range(200_000)))", WRITE_OUTPUT)
     handle = backend.submit(spec_in(job_dir, command, "biglog"))
     assert wait_for(backend, [handle])[handle.job_id].state == JobState.SUCCEEDED
 
@@ -216,7 +214,7 @@ def test_logs_tail_reads_only_the_end_of_a_large_log(
 def test_logs_of_a_short_log_return_every_line(
     tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
 ) -> None:
-    handle = backend.submit(spec_in(tmp_path / "job", py("print('a\\nb')", WRITE_RESULT), "short"))
+    handle = backend.submit(spec_in(tmp_path / "job", py("print('a\\nb')", WRITE_OUTPUT), "short"))
     wait_for(backend, [handle])
 
     assert backend.logs(handle, tail=50) == "a\nb"
@@ -226,17 +224,17 @@ def test_submit_into_another_jobs_directory_raises(
     tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
 ) -> None:
     job_dir = tmp_path / "job"
-    first = backend.submit(spec_in(job_dir, py(WRITE_RESULT), "first-key"))
+    first = backend.submit(spec_in(job_dir, py(WRITE_OUTPUT), "first-key"))
 
     with pytest.raises(JobDirectoryConflict, match="first-key"):
-        backend.submit(spec_in(job_dir, py(WRITE_RESULT), "second-key"))
+        backend.submit(spec_in(job_dir, py(WRITE_OUTPUT), "second-key"))
     assert wait_for(backend, [first])[first.job_id].state == JobState.SUCCEEDED
 
     stale = tmp_path / "stale"
     stale.mkdir()
-    (stale / "result.json").write_text("{}")
-    with pytest.raises(JobDirectoryConflict, match=r"result\.json"):
-        backend.submit(spec_in(stale, py(WRITE_RESULT), "third-key"))
+    (stale / "exit.json").write_text("{}")
+    with pytest.raises(JobDirectoryConflict, match=r"exit\.json"):
+        backend.submit(spec_in(stale, py(WRITE_OUTPUT), "third-key"))
 
 
 def test_job_environment_interpreter_and_file_uri(tmp_path: Path, wait_for: WaitFor) -> None:
@@ -255,7 +253,7 @@ def test_job_environment_interpreter_and_file_uri(tmp_path: Path, wait_for: Wait
         " 'ML_ASSETS_OUTPUT_URI']\n"
         "doc = {n: os.environ.get(n) for n in names}\n"
         "doc.update(executable=sys.executable, cwd=os.getcwd())\n"
-        "json.dump(doc, open('result.json', 'w'))",
+        "json.dump(doc, open('env.json', 'w'))",
     ]
     spec = spec_in(
         "file://" + str(job_dir).replace(" ", "%20"),
@@ -268,8 +266,8 @@ def test_job_environment_interpreter_and_file_uri(tmp_path: Path, wait_for: Wait
     status = wait_for(backend, [handle])[handle.job_id]
 
     assert status.state == JobState.SUCCEEDED, status.message
-    assert status.result_uri == str(job_dir / "result.json")
-    assert json.loads((job_dir / "result.json").read_text()) == {
+    assert status.result_uri == spec.output_uri == handle.output_uri
+    assert json.loads((job_dir / "env.json").read_text()) == {
         "FROM_BACKEND": "backend",
         "FROM_SPEC": "spec",
         "OVERRIDDEN": "spec",
@@ -294,4 +292,4 @@ def test_missing_directory_and_foreign_handles(tmp_path: Path, backend: LocalBac
     with pytest.raises(ValueError, match="sagemaker"):
         backend.poll([foreign])
     with pytest.raises(ValueError, match="local path"):
-        backend.submit(spec_in("s3://bucket/job", py(WRITE_RESULT), "s3"))
+        backend.submit(spec_in("s3://bucket/job", py(WRITE_OUTPUT), "s3"))

@@ -28,7 +28,7 @@ from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Res
 from ml_assets.backends.remote import output_location, staged_command
 from ml_assets.testing.fake_sagemaker import FakeSageMaker, use_fake_aws
 from ml_assets.testing.fakes import CANCELLED, FAILED, SUCCEEDED, Faults
-from ml_assets.testing.job_scripts import py, wait_for_file, write_result
+from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,7 +122,7 @@ def test_a_long_command_travels_in_the_environment_and_the_bootstrap_runs_it(
 ) -> None:
     marker = "x" * 700  # one argument far over SageMaker's 256 characters
     long_job = spec(
-        py(f"open({str(tmp_path / 'ran')!r}, 'w').write({marker!r})", write_result({"ok": 1}))
+        py(f"open({str(tmp_path / 'ran')!r}, 'w').write({marker!r})", write_output({"ok": 1}))
     ).model_copy(update={"output_uri": str(tmp_path / "out")})
 
     entrypoint, env = sm.container_command(long_job, 0.5)
@@ -136,7 +136,52 @@ def test_a_long_command_travels_in_the_environment_and_the_bootstrap_runs_it(
         [sys.executable, *entrypoint[1:]], env={**os.environ, **env}, check=True, timeout=30
     )
     assert (tmp_path / "ran").read_text() == marker
-    assert json.loads((tmp_path / "out" / "result.json").read_text()) == {"ok": 1}
+    assert json.loads((tmp_path / "out" / OUTPUT_FILE).read_text()) == {"ok": 1}
+
+
+def test_an_unstaged_long_command_of_any_program_runs_through_the_bootstrap(
+    tmp_path: Path,
+) -> None:
+    marker = "y" * 700
+    target = tmp_path / "ran"
+    job = spec(["/bin/sh", "-c", f"printf %s {marker} > {target}"], staged=False)
+
+    entrypoint, env = sm.container_command(job, 0.5)
+    request = sm.build_training_job_request(job, SETTINGS)
+
+    assert entrypoint[:2] == ["python", "-c"]
+    assert request["Environment"]["ML_ASSETS_OUTPUT_URI"] == job.output_uri
+    subprocess.run(
+        [sys.executable, *entrypoint[1:]], env={**os.environ, **env}, check=True, timeout=30
+    )
+    assert target.read_text() == marker
+
+
+def test_the_spec_image_and_an_unstaged_command_go_into_the_request() -> None:
+    job = spec(
+        ["python", "/opt/ml/code/train.py", "--epochs", "3"],
+        image="123456789012.dkr.ecr.us-east-1.amazonaws.com/team-trainer:7",
+        staged=False,
+        working_dir="/srv/elsewhere",  # SageMaker has no such field: the image's WORKDIR applies
+        env={"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "msgs"},
+    )
+
+    request = sm.build_training_job_request(job, SETTINGS)
+
+    assert request["AlgorithmSpecification"] == {
+        "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team-trainer:7",
+        "TrainingInputMode": "File",
+        "ContainerEntrypoint": ["python", "/opt/ml/code/train.py", "--epochs", "3"],
+    }
+    assert request["Environment"] == {
+        "DAGSTER_PIPES_CONTEXT": "ctx",
+        "DAGSTER_PIPES_MESSAGES": "msgs",
+        "ML_ASSETS_OUTPUT_URI": job.output_uri,
+    }
+    assert "/srv/elsewhere" not in json.dumps(request)
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.operation_model("CreateTrainingJob").input_shape
+    assert not ParamValidator().validate(request, shape).has_errors()
 
 
 @pytest.mark.parametrize(
@@ -353,7 +398,7 @@ def test_the_fake_runs_training_jobs_as_sagemaker_reports_them(
     world = make_world(pending_s=1.0)
     client = world.client()
     go = world.scratch / "go"
-    job = world.spec(py(wait_for_file(go), write_result({"ok": 1})), "lifecycle/1")
+    job = world.spec(py(wait_for_file(go), write_output({"ok": 1})), "lifecycle/1")
     request = sm.build_training_job_request(job, SETTINGS)
 
     client.create_training_job(**request)
@@ -365,7 +410,7 @@ def test_the_fake_runs_training_jobs_as_sagemaker_reports_them(
 
     assert early == ["InProgress/Starting", "InProgress/Training"]
     assert late == ["InProgress/Training", "Completed/Completed"]
-    assert transport.read_json(transport.join(job.output_uri, "result.json")) == {"ok": 1}
+    assert transport.read_json(transport.join(job.output_uri, OUTPUT_FILE)) == {"ok": 1}
 
     sleeper = world.spec(py("import time; time.sleep(60)"), "lifecycle/2")
     client.create_training_job(**sm.build_training_job_request(sleeper, SETTINGS))
@@ -425,7 +470,7 @@ def test_submit_and_poll_survive_faults_and_start_each_key_once(
     specs = []
     for index in range(5):
         counter = world.scratch / f"runs-{index}.txt"
-        command = py(f"open({str(counter)!r}, 'a').write('ran\\n')", write_result({"i": index}))
+        command = py(f"open({str(counter)!r}, 'a').write('ran\\n')", write_output({"i": index}))
         specs.append(world.spec(command, f"faults/{index}"))
 
     handles = [backend.submit(job) for job in specs]
@@ -437,8 +482,8 @@ def test_submit_and_poll_survive_faults_and_start_each_key_once(
     for index, handle in enumerate(handles):
         status = statuses[handle.job_id]
         assert status.state == JobState.SUCCEEDED, status.message
-        assert status.result_uri is not None
-        assert transport.read_json(status.result_uri) == {"i": index}
+        assert status.result_uri == handle.output_uri
+        assert transport.read_json(transport.join(status.result_uri, OUTPUT_FILE)) == {"i": index}
         assert (world.scratch / f"runs-{index}.txt").read_text() == "ran\n"
     assert sorted(world.fake.training_jobs) == sorted(job.job_name for job in specs)
     assert len(world.fake.processes.jobs) == 5
@@ -447,7 +492,7 @@ def test_submit_and_poll_survive_faults_and_start_each_key_once(
     entrypoint = world.fake.training_jobs[specs[0].job_name].request["AlgorithmSpecification"][
         "ContainerEntrypoint"
     ]
-    assert entrypoint[:2] == ["python", "-c"] and "os.execv" in entrypoint[2]
+    assert entrypoint[:2] == ["python", "-c"] and "os.execvp" in entrypoint[2]
 
 
 def test_a_create_whose_answer_was_lost_reattaches_to_the_job(
@@ -456,7 +501,7 @@ def test_a_create_whose_answer_was_lost_reattaches_to_the_job(
     world = make_world(lose_create_responses=1)
     backend = world.backend()
     counter = world.scratch / "runs.txt"
-    job = world.spec(py(f"open({str(counter)!r}, 'a').write('ran\\n')", write_result({})), "lost")
+    job = world.spec(py(f"open({str(counter)!r}, 'a').write('ran\\n')", write_output({})), "lost")
 
     handle = backend.submit(job)
 
@@ -485,7 +530,7 @@ def test_a_failed_job_is_described_once_and_finished_jobs_cost_nothing_after(
     world = make_world()
     backend = world.backend()
     failing = [world.spec(py(f"raise SystemExit('nope-{i}')"), f"fail/{i}") for i in range(3)]
-    passing = [world.spec(py(write_result({"i": i})), f"pass/{i}") for i in range(2)]
+    passing = [world.spec(py(write_output({"i": i})), f"pass/{i}") for i in range(2)]
     handles = [backend.submit(job) for job in failing + passing]
     deadline = time.monotonic() + 30
     while any(
