@@ -837,7 +837,16 @@ def _draw_class_recall(axes: Any, counts: list[list[int]], labels: list[str]) ->
     axes.barh(positions, recalls, color="tab:blue")
     for position, (recall, row) in enumerate(zip(recalls, counts, strict=True)):
         text = f"{recall:.2f}" if sum(row) else "no rows"
-        axes.text(min(recall, 0.85) + 0.01, position, text, va="center", fontsize=9)
+        inside = recall > 0.85  # no room right of the bar: write on it
+        axes.text(
+            recall - 0.01 if inside else recall + 0.01,
+            position,
+            text,
+            va="center",
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+            fontsize=9,
+        )
     axes.set_yticks(positions, labels=labels)
     axes.invert_yaxis()  # the first class on top, as in the matrix
     axes.set(xlim=(0, 1), title="Recall per class")

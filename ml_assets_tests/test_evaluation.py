@@ -248,7 +248,7 @@ def test_load_model_and_predict_use_saved_column_order(tmp_path: Path) -> None:
 def test_load_model_rejects_other_pickles(tmp_path: Path) -> None:
     path = tmp_path / "other.joblib"
     joblib.dump([1, 2, 3], path)
-    with pytest.raises(ValueError, match="not a model bundle.*give `predict: module:function`"):
+    with pytest.raises(ValueError, match=r"not a model bundle.*give `predict: module:function`"):
         load_model(path)
 
 

@@ -1,22 +1,28 @@
 """The promotion gate on real models and data: who gets to production, who never does.
 
-Models are really trained (scikit-learn on the bundled breast-cancer data), registered in a
-real local registry, and judged by the same functions the promoted asset runs.
+Models are really trained (scikit-learn on the bundled breast-cancer data, and on small
+multiclass and regression tables), registered in a real local registry, and judged by the same
+functions the promoted asset runs; the serving smoke test then loads what was promoted.
 """
 
 from __future__ import annotations
 
+import textwrap
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ml_assets.assets.evaluation import Scoring
 from ml_assets.assets.promotion import (
     BEATS_CHAMPION,
     DATA_QUALITY,
@@ -27,33 +33,42 @@ from ml_assets.assets.promotion import (
     rollback,
     run_gates,
 )
-from ml_assets.datasets import file_sha256, load_breast_cancer
-from ml_assets.features import build_features, feature_columns
-from ml_assets.quality import psi
+from ml_assets.assets.serving import smoke_test
+from ml_assets.features import assign_split, feature_columns
+from ml_assets.files import pack_directory
+from ml_assets.platform_data.sources import load_breast_cancer
+from ml_assets.quality import population_stability, psi
 from ml_assets.registries.base import ARCHIVED, CHALLENGER, PRODUCTION, RegistrationRequest
 from ml_assets.registries.local import LocalRegistry
+from ml_assets.tables import file_sha256
 from ml_assets.teams.spec import PromotionSpec
 
 MODEL = "clinical.tumor_classifier"
 
 
+def clinical_features(raw: pd.DataFrame) -> pd.DataFrame:
+    """The clinical team's features: every measurement as a float, then the label and split."""
+    measured = [c for c in raw.columns if c not in ("row_id", "label")]
+    features = raw[measured].astype("float64")
+    features.insert(0, "row_id", raw["row_id"].astype("int64"))
+    features["label"] = raw["label"].astype("int8")
+    features["split"] = assign_split(features["row_id"], holdout_fraction=0.25, seed=0)
+    return features
+
+
 class World:
     """Datasets, features and models on disk, registered in a local registry."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, model: str = MODEL, scoring: Scoring | None = None) -> None:
         self.root = root
         self.registry = LocalRegistry(root / "registry")
+        self.model = model
+        self.scoring = scoring or Scoring()
         self.count = 0
 
     def register(self, raw: pd.DataFrame, *, shuffle_labels: bool = False) -> str:
-        self.count += 1
-        folder = self.root / f"v{self.count}"
-        folder.mkdir()
-        dataset_path = folder / "dataset.parquet"
-        raw.to_parquet(dataset_path)
-        features = build_features("clinical_measurements", raw, holdout_fraction=0.25, seed=0)
-        features_path = folder / "features.parquet"
-        features.to_parquet(features_path)
+        """Train the clinical model on ``raw`` and register it."""
+        features = clinical_features(raw)
         train = features[features["split"] == "train"]
         labels = train["label"].to_numpy()
         if shuffle_labels:
@@ -64,12 +79,57 @@ class World:
         estimator = make_pipeline(
             SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=1000)
         ).fit(train[columns], labels)
+        return self.register_model(raw, features, estimator, columns)
+
+    def register_model(
+        self, dataset: pd.DataFrame, features: pd.DataFrame, estimator: Any, columns: list[str]
+    ) -> str:
+        """Save ``estimator`` as the runner's bundle and register it."""
+        folder = self._folder()
         artifact = folder / "model.joblib"
-        joblib.dump({"estimator": estimator, "feature_columns": columns}, artifact)
+        classes = (
+            sorted(set(features["label"].tolist())) if self.scoring.task != "regression" else None
+        )
+        joblib.dump(
+            {"estimator": estimator, "feature_columns": columns, "task": self.scoring.task,
+             "classes": classes},
+            artifact,
+        )  # fmt: skip
+        return self._register(folder, dataset, features, artifact, artifact)
+
+    def register_folder(
+        self, dataset: pd.DataFrame, features: pd.DataFrame, write: Callable[[Path], None]
+    ) -> str:
+        """Register an artifact folder filled by ``write``, stored as registration stores it."""
+        folder = self._folder()
+        artifact = folder / "artifact"
+        artifact.mkdir()
+        write(artifact)
+        packed = pack_directory(artifact, folder / "artifact.tar")
+        return self._register(folder, dataset, features, artifact, packed)
+
+    def _folder(self) -> Path:
+        self.count += 1
+        folder = self.root / f"v{self.count}"
+        folder.mkdir()
+        return folder
+
+    def _register(
+        self,
+        folder: Path,
+        dataset: pd.DataFrame,
+        features: pd.DataFrame,
+        artifact: Path,
+        stored: Path,
+    ) -> str:
+        dataset_path = folder / "dataset.parquet"
+        dataset.to_parquet(dataset_path)
+        features_path = folder / "features.parquet"
+        features.to_parquet(features_path)
         version = self.registry.register(
             RegistrationRequest(
-                model_name=MODEL,
-                artifact_path=str(artifact),
+                model_name=self.model,
+                artifact_path=str(stored),
                 job_id=f"job-{self.count}",
                 lineage={
                     "dataset": {
@@ -77,23 +137,33 @@ class World:
                         "data_version": file_sha256(dataset_path),
                     },
                     "features": {"uri": str(features_path)},
-                    "training": {"artifact_uri": str(artifact)},
+                    "training": {
+                        "artifact_uri": str(artifact),
+                        "artifact_sha256": file_sha256(stored),
+                    },
                 },
             )
         )
-        self.registry.set_alias(MODEL, version.version, CHALLENGER)
+        self.registry.set_alias(self.model, version.version, CHALLENGER)
         return version.version
 
     def judge(self, version: str, policy: PromotionSpec | None = None) -> dict[str, object]:
-        challenger = self.registry.get_version(MODEL, version)
+        challenger = self.registry.get_version(self.model, version)
         assert challenger is not None
-        champion = self.registry.get_by_alias(MODEL, PRODUCTION)
-        gates = run_gates(challenger, champion, policy or PromotionSpec())
-        return promote(self.registry, MODEL, version, gates, run_id=f"run-{version}")
+        champion = self.registry.get_by_alias(self.model, PRODUCTION)
+        gates = run_gates(challenger, champion, policy or PromotionSpec(), self.scoring)
+        return promote(self.registry, self.model, version, gates, run_id=f"run-{version}")
 
     def production(self) -> str | None:
-        found = self.registry.get_by_alias(MODEL, PRODUCTION)
+        found = self.registry.get_by_alias(self.model, PRODUCTION)
         return found.version if found else None
+
+    def smoke(self, version: str) -> dict[str, Any]:
+        found = self.registry.get_version(self.model, version)
+        assert found is not None
+        out_dir = self.root / "serving" / version
+        out_dir.mkdir(parents=True)
+        return smoke_test(found, out_dir, self.scoring)
 
 
 @pytest.fixture
@@ -125,6 +195,13 @@ def test_first_version_is_promoted_with_nothing_to_compare(world: World, raw: pd
     stored = world.registry.get_version(MODEL, version)
     assert stored is not None and stored.notes[PROMOTION_NOTE] == note
 
+    smoke = world.smoke(version)
+    assert smoke["rows_scored"] == 64 and smoke["task"] == "binary"
+    assert 0.0 <= smoke["score_min"] <= smoke["score_mean"] <= smoke["score_max"] <= 1.0
+    assert smoke["kserve_sklearn"] is True and "estimator_needs" not in smoke
+    assert smoke["artifact_sha256"] == file_sha256(world.root / "v1" / "model.joblib")
+    assert (world.root / "serving" / version / "model" / "model.joblib").exists()
+
 
 def test_a_model_trained_on_shuffled_labels_is_never_promoted(
     world: World, raw: pd.DataFrame
@@ -139,6 +216,7 @@ def test_a_model_trained_on_shuffled_labels_is_never_promoted(
     check = _checks(note)[BEATS_CHAMPION]
     assert check["passed"] is False
     assert float(check["challenger"]) < 0.8 < float(check["champion"])  # type: ignore[arg-type]
+    assert check["metric"] == "roc_auc" and check["lower_is_better"] is False
     assert "falls short of champion" in str(check["summary"])
     assert world.production() == champion
     assert world.registry.get_by_alias(MODEL, CHALLENGER).version == weak  # type: ignore[union-attr]

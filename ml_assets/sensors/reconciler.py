@@ -74,6 +74,7 @@ class InFlight(BaseModel):
     cancel_requested: bool = False
     last_seen: str = ""
     messages_cursor: int = 0
+    device: str = ""
 
 
 class ReconcilerCursor(BaseModel):
@@ -283,8 +284,9 @@ class Reconciler:
         seen = f"{status.state.value}:{report.step}:{report.progress}"
         if not batch.messages and status.state.value == job.last_seen.split(":", 1)[0]:
             return
+        device = report.device or job.device
         outcome.cursor.inflight[job_id] = job.model_copy(
-            update={"last_seen": seen, "messages_cursor": batch.cursor}
+            update={"last_seen": seen, "messages_cursor": batch.cursor, "device": device}
         )
         metadata: dict[str, Any] = {
             "status": status.state.value,
@@ -293,8 +295,8 @@ class Reconciler:
         if report.step is not None:
             metadata["step"] = report.step
         metadata.update({f"train/{name}": value for name, value in report.metrics.items()})
-        if report.device:
-            metadata["device"] = report.device
+        if device:
+            metadata["device"] = device
         if report.logs:
             metadata["recent_logs"] = dg.MetadataValue.md(
                 "```\n" + "\n".join(report.logs[-RECENT_LOG_LINES:]) + "\n```"
@@ -392,6 +394,7 @@ class Reconciler:
                 "attempt": attempt,
                 "last_seen": "",
                 "messages_cursor": 0,
+                "device": "",
             }
         )
 

@@ -25,7 +25,7 @@ from ml_assets.backends.databricks import (
 )
 from ml_assets.testing.fake_databricks import FakeDatabricks, count_poll_calls
 from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import py, wait_for_file, write_result
+from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 from ml_assets_tests.backends.harness_databricks import (
     STORAGE_ROOT,
     compiled_job_env,
@@ -91,6 +91,64 @@ def test_the_sdk_carries_every_field_of_the_task() -> None:
 
     assert request["timeout_seconds"] == 3600
     assert SubmitTask.from_dict(request["tasks"][0]).as_dict() == request["tasks"][0]
+
+
+def test_the_spec_image_runs_the_cluster_in_that_container_on_a_standard_runtime() -> None:
+    from databricks.sdk.service.jobs import SubmitTask
+
+    spec = spec_with(
+        Resources(gpu_count=1), image="ghcr.io/team/trainer:7", working_dir="/srv/elsewhere"
+    )
+
+    request = build_submit_request(spec, SETTINGS)
+
+    (task,) = request["tasks"]
+    assert task["new_cluster"]["docker_image"] == {"url": "ghcr.io/team/trainer:7"}
+    assert task["new_cluster"]["spark_version"] == SETTINGS.container_spark_version
+    assert "-ml-" not in SETTINGS.container_spark_version  # ML runtimes refuse custom containers
+    assert task["new_cluster"]["node_type_id"] == "g4dn.xlarge"
+    assert "/srv/elsewhere" not in json.dumps(request)  # no working directory on Databricks
+    sdk_task = SubmitTask.from_dict(task)
+    assert sdk_task.new_cluster is not None and sdk_task.new_cluster.docker_image is not None
+    assert sdk_task.new_cluster.docker_image.url == "ghcr.io/team/trainer:7"
+    assert (
+        "docker_image" not in build_submit_request(spec_with(), SETTINGS)["tasks"][0]["new_cluster"]
+    )
+
+
+def test_an_unstaged_job_is_a_spark_python_task_without_the_wheel() -> None:
+    spec = spec_with(
+        command=["python3", "/Workspace/Shared/fraud/train.py", "--epochs", "3"],
+        staged=False,
+        env={"DAGSTER_PIPES_CONTEXT": "ctx"},
+    )
+
+    (task,) = build_submit_request(spec, SETTINGS)["tasks"]
+
+    assert task["spark_python_task"] == {
+        "python_file": "/Workspace/Shared/fraud/train.py",
+        "parameters": ["--epochs", "3"],
+    }
+    assert "python_wheel_task" not in task and "libraries" not in task
+    assert task["new_cluster"]["spark_env_vars"] == {
+        "DAGSTER_PIPES_CONTEXT": "ctx",
+        "ML_ASSETS_OUTPUT_URI": spec.output_uri,
+    }
+    bare = spec.model_copy(update={"command": ["python", "dbfs:/jobs/train.py"]})
+    assert build_submit_request(bare, SETTINGS)["tasks"][0]["spark_python_task"] == {
+        "python_file": "dbfs:/jobs/train.py"
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["/opt/train.sh", "--epochs", "3"], ["python", "-m", "trainer"], ["python"], ["bash", "x.py"]],
+)
+def test_an_unstaged_command_databricks_cannot_run_is_refused(command: list[str]) -> None:
+    spec = spec_with(command=command, staged=False)
+
+    with pytest.raises(ValueError, match=r"spark_python_task.*python <file> \[arguments\.\.\.\]"):
+        build_submit_request(spec, SETTINGS)
 
 
 def test_idempotency_token_is_deterministic_per_key_and_fits_the_api() -> None:
@@ -196,7 +254,7 @@ def test_the_fake_receives_exactly_the_built_request_and_no_secret(
 ) -> None:
     fake = start_fake()
     settings = settings_for(fake)
-    spec = databricks_spec(py(write_result({"ok": 1})), "request-check")
+    spec = databricks_spec(py(write_output({"ok": 1})), "request-check")
 
     handle = settings.get_backend().submit(spec)
 
@@ -204,6 +262,18 @@ def test_the_fake_receives_exactly_the_built_request_and_no_secret(
     assert fake.token not in json.dumps(fake.submitted) + handle.to_json()
     assert handle.details["run_id"] == int(handle.job_id)
     assert handle.details["task_run_id"] == fake.runs[int(handle.job_id)].task_run_id
+
+
+def test_the_fake_receives_the_spec_image(start_fake: Callable[..., FakeDatabricks]) -> None:
+    fake = start_fake()
+    spec = databricks_spec(["true"], "image").model_copy(
+        update={"image": "ghcr.io/team/trainer:7"}
+    )
+
+    settings_for(fake).get_backend().submit(spec)
+
+    (body,) = fake.submitted
+    assert body["tasks"][0]["new_cluster"]["docker_image"] == {"url": "ghcr.io/team/trainer:7"}
 
 
 def test_one_poll_of_30_running_jobs_pages_through_runs_list_only(
@@ -246,7 +316,7 @@ def test_submit_and_poll_survive_faults_without_duplicate_runs(
     fake = start_fake(faults=faults)
     backend = settings_for(fake).get_backend()
     specs = [
-        databricks_spec(py(write_result({"index": index})), f"faulty-{index}") for index in range(3)
+        databricks_spec(py(write_output({"index": index})), f"faulty-{index}") for index in range(3)
     ]
     # A proxy loses the answers of the first two submits after the runs were created, and of
     # one list call: the backend's own 500 retries must neither fail nor start a second run.
@@ -262,8 +332,10 @@ def test_submit_and_poll_survive_faults_without_duplicate_runs(
     for index, handle in enumerate(handles):
         status = statuses[handle.job_id]
         assert status.state == JobState.SUCCEEDED, status.message
-        assert status.result_uri is not None
-        assert transport.read_json(status.result_uri) == {"index": index}
+        assert status.result_uri == handle.output_uri
+        assert transport.read_json(transport.join(status.result_uri, OUTPUT_FILE)) == {
+            "index": index
+        }
     assert set(faults.injected) == {"drop", "throttle", "error"}
 
 
@@ -272,7 +344,7 @@ def test_a_run_databricks_does_not_know_fails_alone(
 ) -> None:
     fake = start_fake()
     backend = settings_for(fake).get_backend()
-    real = backend.submit(databricks_spec(py(write_result({"ok": 1})), "known"))
+    real = backend.submit(databricks_spec(py(write_output({"ok": 1})), "known"))
     ghost = real.model_copy(update={"job_id": "999999", "details": {"run_id": 999999}})
 
     statuses = backend.poll([real, ghost])
@@ -291,7 +363,7 @@ def test_logs_of_a_running_job_come_from_the_staged_log(
     fake = start_fake()
     backend = settings_for(fake, sync_seconds=0.2).get_backend()
     go = tmp_path / "go"
-    command = py("print('warming up', flush=True)", wait_for_file(go), write_result({"ok": 1}))
+    command = py("print('warming up', flush=True)", wait_for_file(go), write_output({"ok": 1}))
     handle = backend.submit(databricks_spec(command, "logs"))
 
     deadline = time.monotonic() + 30

@@ -35,7 +35,7 @@ from ml_assets.backends.vertex import (
 )
 from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator, count_poll_calls
 from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import py, write_result
+from ml_assets.testing.job_scripts import OUTPUT_FILE, py, write_output
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -105,6 +105,29 @@ def test_custom_job_runs_the_staged_command_in_the_image_and_writes_to_the_outpu
     assert build_custom_job(make_spec("fraud/gbm/run-2/0"), settings())["display_name"] != (
         spec.job_name
     )
+
+
+def test_the_spec_image_and_an_unstaged_command_go_into_the_container_spec() -> None:
+    spec = make_spec(
+        command=["python", "/app/train.py", "--epochs", "3"],
+        image="europe-docker.pkg.dev/fraud/team/trainer:7",
+        staged=False,
+        working_dir="/srv/elsewhere",  # Vertex has no such field: the image's WORKDIR applies
+        env={"DAGSTER_PIPES_CONTEXT": "ctx"},
+    )
+
+    job = build_custom_job(spec, settings())
+
+    (pool,) = job["job_spec"]["worker_pool_specs"]
+    assert pool["container_spec"] == {
+        "image_uri": "europe-docker.pkg.dev/fraud/team/trainer:7",
+        "command": ["python", "/app/train.py", "--epochs", "3"],
+        "env": [
+            {"name": "DAGSTER_PIPES_CONTEXT", "value": "ctx"},
+            {"name": "ML_ASSETS_OUTPUT_URI", "value": spec.output_uri},
+        ],
+    }
+    assert "/srv/elsewhere" not in json.dumps(job)
 
 
 def t4(count: int) -> dict[str, Any]:
@@ -295,7 +318,7 @@ def test_submit_survives_faults_and_starts_each_job_once(
     )
     backend = backend_for(fake)
     specs = [
-        make_spec(f"fraud/gbm/faults-{index}/0", command=py(write_result({"index": index})))
+        make_spec(f"fraud/gbm/faults-{index}/0", command=py(write_output({"index": index})))
         for index in range(6)
     ]
 
@@ -306,11 +329,24 @@ def test_submit_survives_faults_and_starts_each_job_once(
     for index, handle in enumerate(handles):
         status = statuses[handle.job_id]
         assert status.state == JobState.SUCCEEDED, status.message
-        assert status.result_uri is not None
-        assert transport.read_json(status.result_uri) == {"index": index}
+        assert status.result_uri == handle.output_uri
+        assert transport.read_json(transport.join(status.result_uri, OUTPUT_FILE)) == {
+            "index": index
+        }
     keys = [job["labels"][KEY_LABEL] for job in fake.jobs()]
     assert sorted(keys) == sorted(key_label(spec.idempotency_key) for spec in specs)
     assert {"drop", "throttle", "error"} <= set(fake.faults.injected)
+
+
+def test_the_fake_receives_the_spec_image(start_fake: Callable[..., FakeVertex]) -> None:
+    fake = start_fake(pending_s=60)
+    spec = make_spec(image="europe-docker.pkg.dev/fraud/team/trainer:7")
+
+    backend_for(fake).submit(spec)
+
+    (job,) = fake.jobs()
+    container = job["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+    assert container["imageUri"] == "europe-docker.pkg.dev/fraud/team/trainer:7"
 
 
 def test_a_create_whose_answer_is_lost_is_adopted_not_repeated(

@@ -34,14 +34,19 @@ from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = pytest.mark.timeout(180)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
+# A job as a team script writes it: an artifact, progress, then the materialization, through
+# Dagster Pipes and nothing of ml_assets.
 WRITE_RESULT = """
-import json, os, pathlib
-out = pathlib.Path(os.environ["ML_ASSETS_OUTPUT_URI"])
-(out / "model.joblib").write_bytes(b"not really a model")
-json.dump({"metrics": {"roc_auc": 0.9}, "artifact_uri": str(out / "model.joblib"),
-           "data_version": "abc123", "features_uri": "/data/features.parquet",
-           "trainer": "logistic_regression", "hyperparameters": {"C": 1.0}},
-          open(out / "result.json", "w"))
+import os, pathlib
+from dagster_pipes import open_dagster_pipes
+with open_dagster_pipes() as pipes:
+    out = pathlib.Path(os.environ["ML_ASSETS_OUTPUT_URI"])
+    (out / "model.joblib").write_bytes(b"not really a model")
+    pipes.report_custom_message({"progress": 0.5, "step": 1, "metrics": {"loss": 0.7}})
+    pipes.log.info("halfway")
+    pipes.report_asset_materialization(
+        metadata={"artifact": "model.joblib", "roc_auc": 0.9}, data_version="abc123"
+    )
 """
 
 
@@ -71,7 +76,12 @@ def submit(
     model = ModelContext(team, "tumor_classifier")
     run_id = run_id or str(uuid.uuid4())
     spec: JobSpec = build_job_spec(
-        model, run_id=run_id, features_uri=features_uri, home=home, storage_root=None
+        model,
+        run_id=run_id,
+        features_uri=features_uri,
+        features_data_version="abc123",
+        home=home,
+        storage_root=None,
     )
     if code is not None:
         spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
@@ -135,6 +145,63 @@ def gated(ml_home: Path, name: str) -> tuple[Path, str]:
     """A job that writes its result only once the test creates the gate file."""
     gate = ml_home / name
     return gate, wait_for_file(gate, timeout=120) + "\n" + WRITE_RESULT
+
+
+MIDWAY = """
+import os, pathlib, time
+from dagster_pipes import open_dagster_pipes
+with open_dagster_pipes() as pipes:
+    pipes.report_custom_message({"device": "cpu"})
+    for epoch in (1, 2):
+        pipes.report_custom_message(
+            {"progress": epoch / 4, "step": epoch, "metrics": {"loss": 1.0 / epoch}}
+        )
+        pipes.log.info(f"epoch {epoch} done")
+    gate = pathlib.Path(os.environ["GATE"])
+    while not gate.exists():
+        time.sleep(0.02)
+    (pathlib.Path(os.environ["ML_ASSETS_OUTPUT_URI"]) / "model.joblib").write_bytes(b"m")
+    for epoch in (3, 4):
+        pipes.report_custom_message(
+            {"progress": epoch / 4, "step": epoch, "metrics": {"loss": 1.0 / epoch}}
+        )
+    pipes.report_asset_materialization(metadata={"artifact": "model.joblib"})
+"""
+
+
+def test_progress_metrics_and_logs_show_while_the_job_runs_then_a_curve(
+    instance: dg.DagsterInstance, ml_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    team = clinical()
+    gate = ml_home / "midway-gate"
+    monkeypatch.setenv("GATE", str(gate))  # the local backend passes its environment on
+    submit(instance, team, ml_home, code=MIDWAY)
+    daemon = driver(instance, team)
+
+    def steps() -> list[dg.EventLogRecord]:
+        return [r for r in events(instance, "progress") if r.asset_observation.metadata.get("step")]  # type: ignore[union-attr]
+
+    # The job reports two epochs, then waits: whatever ticks saw them, the latest says step 2.
+    daemon.tick_until(lambda: any(r.asset_observation.metadata["step"].value == 2 for r in steps()))  # type: ignore[union-attr]
+    midway = max(steps(), key=lambda r: r.storage_id)
+    shown = {k: v.value for k, v in midway.asset_observation.metadata.items()}  # type: ignore[union-attr]
+    assert shown["progress"] == 0.5 and shown["step"] == 2
+    assert shown["train/loss"] == 0.5 and shown["device"] == "cpu"
+    assert "epoch 1 done" in str(shown["recent_logs"]) and "epoch 2 done" in str(
+        shown["recent_logs"]
+    )
+    quiet = daemon.tick()  # nothing new: nothing recorded
+    assert quiet.asset_events == []
+    gate.touch()
+    daemon.tick_until(lambda: materializations(instance))
+    [record] = materializations(instance)
+    values = {k: v.value for k, v in record.asset_materialization.metadata.items()}  # type: ignore[union-attr]
+    assert values["train/loss"] == 0.25  # the last reported value
+    assert values["device"] == "cpu"
+    # The curve of all four steps, as a PNG in the page's markdown.
+    assert str(values["training_curve"]).startswith("![training curve](data:image/png;base64,")
+    # The data version falls back to the one the job was given when it reports none.
+    assert values["input_data_versions"] == {"clinical/tumor_classifier_features": "abc123"}
 
 
 def test_a_tick_replayed_after_a_crash_does_not_repeat_the_materialization(
@@ -240,8 +307,9 @@ def test_one_broken_job_does_not_stop_the_others(
         instance,
         team,
         ml_home,
+        # Exits 0 with a half-written message and no materialization.
         code="import os, pathlib\n"
-        "pathlib.Path(os.environ['ML_ASSETS_OUTPUT_URI'], 'result.json').write_text('{oops')",
+        "pathlib.Path(os.environ['ML_ASSETS_OUTPUT_URI'], 'messages.jsonl').write_text('{oops')",
     )
     good = submit(instance, team, ml_home, code=WRITE_RESULT)
     daemon = driver(instance, team)

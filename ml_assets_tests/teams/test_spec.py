@@ -1,15 +1,26 @@
-"""The team YAML is validated on load, and each mistake names the file, line and field."""
+"""The team YAML is validated on load, and each mistake names the file, line and field; the
+committed JSON Schema that editors use is the one the code generates, and accepts every team."""
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
-from ml_assets.teams.spec import TeamSpecError, load_team_spec
+from ml_assets import audit
+from ml_assets.teams.spec import TeamSpecError, load_team_spec, team_json_schema
 
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
+SCHEMA_FILE = TEAMS / "team.schema.json"
+SCHEMA_COMMENT = "# yaml-language-server: $schema=../team.schema.json"
+SHIPPED = sorted(path.parent.name for path in TEAMS.glob("*/team.yaml"))
+FRAUD_TEXT = (TEAMS / "fraud" / "team.yaml").read_text()
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -24,12 +35,341 @@ def _with(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     return _write(tmp_path, yaml.safe_dump(spec, sort_keys=False))
 
 
-@pytest.mark.parametrize("team", ["fraud", "clinical", "vision"])
+def _replaced(tmp_path: Path, old: str, new: str) -> tuple[Path, str]:
+    """The fraud team's YAML with ``old`` replaced by ``new``, and the replaced text."""
+    assert FRAUD_TEXT.count(old) == 1, old
+    text = FRAUD_TEXT.replace(old, new)
+    return _write(tmp_path, text), text
+
+
+def _line_of(text: str, fragment: str) -> int:
+    return next(i for i, row in enumerate(text.splitlines(), 1) if fragment in row)
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(TeamSpecError) as raised:
+        load_team_spec(path)
+    return str(raised.value)
+
+
+def test_every_team_folder_is_shipped_with_a_spec() -> None:
+    assert {"clinical", "fraud", "vision", "wine"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("team", SHIPPED)
 def test_shipped_specs_load(team: str) -> None:
     spec = load_team_spec(TEAMS / team / "team.yaml")
     assert spec.team == team
     assert spec.owner_tags[0] == f"team:{team}"
+    assert spec.folder == (TEAMS / team).resolve()
     assert spec.models
+    for model in spec.models.values():
+        assert model.trainer.reference is not None or model.trainer.command
+        assert (model.dataset.asset is None) != (model.dataset.function is None)
+
+
+@pytest.mark.parametrize("team", SHIPPED)
+def test_shipped_specs_start_with_the_schema_comment(team: str) -> None:
+    first_line = (TEAMS / team / "team.yaml").read_text().splitlines()[0]
+    assert first_line == SCHEMA_COMMENT
+
+
+def test_shipped_specs_use_each_kind_of_source_and_trainer() -> None:
+    models = [
+        m for team in SHIPPED for m in load_team_spec(TEAMS / team / "team.yaml").models.values()
+    ]
+    assert {m.task for m in models} >= {"binary", "multiclass"}
+    assert any(m.dataset.asset for m in models) and any(m.dataset.function for m in models)
+    assert any(":" in (m.trainer.function or "") for m in models)
+    assert any(m.trainer.function == "torch_mlp" for m in models)
+    wine = load_team_spec(TEAMS / "wine" / "team.yaml").models["cultivar_classifier"]
+    assert wine.trainer.reference == "ml_assets.teams.wine.train:fit"
+    fraud = load_team_spec(TEAMS / "fraud" / "team.yaml").models["fraud_detector"]
+    assert fraud.trainer.reference == "ml_assets.training.builtin:hist_gradient_boosting"
+    assert (fraud.features.label, fraud.features.id_column) == ("is_fraud", "transaction_id")
+    assert fraud.dataset.asset_path == ["platform", "raw_card_transactions"]
+
+
+# --- module:function references -----------------------------------------------------------
+
+TRAINER = "      function: hist_gradient_boosting"
+FEATURES = "      function: ml_assets.teams.fraud.features:transaction_risk"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "problem"),
+    [
+        (TRAINER, "      function: nosuch.mod:fit", "trainer.function", "module 'nosuch.mod'"),
+        (
+            TRAINER,
+            "      function: ml_assets.teams.wine.train:nofit",
+            "trainer.function",
+            "module 'ml_assets.teams.wine.train' (",
+        ),
+        (FEATURES, "      function: nosuch.mod:fit", "features.function", "module 'nosuch.mod'"),
+        (
+            FEATURES,
+            "      function: ml_assets.teams.fraud.features:nosuch",
+            "features.function",
+            "module 'ml_assets.teams.fraud.features' (",
+        ),
+        (
+            "      asset: platform/raw_card_transactions",
+            "      function: nosuch.mod:load",
+            "dataset.function",
+            "module 'nosuch.mod'",
+        ),
+        (
+            "    backend: local",
+            "    backend: local\n    predict: ml_assets.teams.wine.train:nopredict",
+            "predict",
+            "defines no 'nopredict' at top level",
+        ),
+        (
+            "        max_brier_score: 0.05",
+            "        max_brier_score: 0.05\n      metrics: [nosuch.metrics:lift]",
+            "evaluation.metrics.0",
+            "module 'nosuch.metrics'",
+        ),
+    ],
+    ids=[
+        "trainer-module",
+        "trainer-attribute",
+        "features-module",
+        "features-attribute",
+        "dataset-module",
+        "predict-attribute",
+        "metric-module",
+    ],
+)
+def test_a_reference_that_does_not_exist_names_file_line_field_and_what_is_missing(
+    tmp_path: Path, old: str, new: str, field: str, problem: str
+) -> None:
+    path, text = _replaced(tmp_path, old, new)
+    message = _error(path)
+    reference = re.search(r"(nosuch|ml_assets)[\w.]*:\w+", new)
+    assert reference is not None
+    line = _line_of(text, reference.group(0))
+    assert f"{path}, line {line}: models.fraud_detector.{field}: " in message
+    assert problem in message
+
+
+def test_a_missing_module_says_it_cannot_be_found(tmp_path: Path) -> None:
+    path, _ = _replaced(tmp_path, TRAINER, "      function: nosuch.mod:fit")
+    assert "module 'nosuch.mod' cannot be found" in _error(path)
+
+
+def test_a_missing_attribute_names_the_module_file_and_attribute(tmp_path: Path) -> None:
+    path, _ = _replaced(tmp_path, TRAINER, "      function: ml_assets.teams.wine.train:nofit")
+    message = _error(path)
+    assert str(TEAMS.resolve() / "wine" / "train.py") in message
+    assert "defines no 'nofit' at top level" in message
+
+
+@pytest.mark.parametrize("value", ["no colon here", "pkg.mod:", "pkg mod:fit", "pkg.mod:f-x"])
+def test_a_malformed_reference_is_refused(tmp_path: Path, value: str) -> None:
+    path, _ = _replaced(tmp_path, FEATURES, f"      function: {value!r}")
+    message = _error(path)
+    assert "models.fraud_detector.features.function" in message
+
+
+def test_an_unknown_builtin_trainer_lists_the_builtins(tmp_path: Path) -> None:
+    path, text = _replaced(tmp_path, TRAINER, "      function: hgb")
+    message = _error(path)
+    assert f"line {_line_of(text, 'hgb')}: models.fraud_detector.trainer.function" in message
+    assert "unknown trainer 'hgb'" in message
+    assert "hist_gradient_boosting" in message and "torch_mlp" in message
+
+
+def test_the_library_does_not_import_a_team_module_to_check_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "team_code_that_must_not_run.py"
+    module.write_text("raise RuntimeError('imported at load')\n\ndef fit(train, h, c):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path, _ = _replaced(tmp_path, TRAINER, "      function: team_code_that_must_not_run:fit")
+    spec = load_team_spec(path)
+    assert spec.models["fraud_detector"].trainer.reference == "team_code_that_must_not_run:fit"
+    assert "team_code_that_must_not_run" not in sys.modules
+
+
+# --- one of dataset.asset / dataset.function, trainer.function / trainer.command ------------
+
+DATASET = "      asset: platform/raw_card_transactions"
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        DATASET + "\n      function: ml_assets.teams.wine.data:load_wines",
+        "      max_rows: 1000",
+    ],
+    ids=["both", "neither"],
+)
+def test_dataset_needs_exactly_one_of_asset_and_function(tmp_path: Path, new: str) -> None:
+    path, text = _replaced(tmp_path, DATASET, new)
+    message = _error(path)
+    line = _line_of(text, "dataset:")
+    assert f"{path}, line {line}: models.fraud_detector.dataset: " in message
+    assert "give exactly one of 'asset' (an asset key) or 'function'" in message
+
+
+@pytest.mark.parametrize(
+    "new",
+    [TRAINER + "\n      command: [python, train.py]", "      seed: 3"],
+    ids=["both", "neither"],
+)
+def test_trainer_needs_exactly_one_of_function_and_command(tmp_path: Path, new: str) -> None:
+    path, text = _replaced(tmp_path, TRAINER, new)
+    message = _error(path)
+    line = _line_of(text, "trainer:")
+    assert f"{path}, line {line}: models.fraud_detector.trainer: " in message
+    assert "give exactly one of 'function' or 'command'" in message
+
+
+def test_image_without_command_is_refused(tmp_path: Path) -> None:
+    path, text = _replaced(tmp_path, TRAINER, "      image: registry.example.com/fraud:1")
+    message = _error(path)
+    assert f"{path}, line {_line_of(text, 'trainer:')}: models.fraud_detector.trainer" in message
+    assert "'command'" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "problem"),
+    [
+        (
+            TRAINER,
+            TRAINER + "\n      image: registry.example.com/fraud:1",
+            "trainer.image",
+            "'image' goes with 'command'",
+        ),
+        (
+            DATASET,
+            DATASET + "\n      params: {rows: 10}",
+            "dataset.params",
+            "params go with 'function', not 'asset'",
+        ),
+        (
+            DATASET,
+            "      asset: 'platform/raw card transactions'",
+            "dataset.asset",
+            "is not an asset key",
+        ),
+    ],
+    ids=["trainer.image", "dataset.params", "dataset.asset"],
+)
+def test_a_cross_field_mistake_names_its_full_field_and_line(
+    tmp_path: Path, old: str, new: str, field: str, problem: str
+) -> None:
+    path, text = _replaced(tmp_path, old, new)
+    message = _error(path)
+    line = _line_of(text, new.splitlines()[-1].strip())
+    assert f"{path}, line {line}: models.fraud_detector.{field}: " in message
+    assert problem in message
+
+
+def test_a_command_trainer_loads(tmp_path: Path) -> None:
+    path, _ = _replaced(
+        tmp_path,
+        TRAINER,
+        "      image: registry.example.com/fraud:1\n      command: [python, train.py]",
+    )
+    trainer = load_team_spec(path).models["fraud_detector"].trainer
+    assert trainer.reference is None
+    assert trainer.label == "registry.example.com/fraud:1 python train.py"
+
+
+def test_unknown_task_and_table_format_list_the_choices(tmp_path: Path) -> None:
+    path, _ = _replaced(tmp_path, "    task: binary", "    task: ranking")
+    message = _error(path)
+    assert "models.fraud_detector.task" in message
+    assert all(task in message for task in ("binary", "multiclass", "regression"))
+    path, _ = _replaced(
+        tmp_path, "      label: is_fraud", "      label: is_fraud\n      table_format: spark"
+    )
+    message = _error(path)
+    assert "models.fraud_detector.features.table_format" in message
+    assert all(kind in message for kind in ("pandas", "polars", "pyarrow"))
+
+
+# --- the JSON Schema editors use ---------------------------------------------------------
+
+
+def _committed_schema() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(SCHEMA_FILE.read_text())
+    return document
+
+
+def test_the_committed_schema_is_what_ml_assets_schema_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert audit.main(["schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == team_json_schema()
+    assert _committed_schema() == printed, (
+        "ml_assets/teams/team.schema.json is stale; regenerate it with "
+        "`ml-assets schema --write ml_assets/teams/team.schema.json`"
+    )
+
+
+def test_ml_assets_schema_write_writes_the_same_document(tmp_path: Path) -> None:
+    target = tmp_path / "team.schema.json"
+    assert audit.main(["schema", "--write", str(target)]) == 0
+    assert json.loads(target.read_text()) == _committed_schema()
+    assert target.read_text() == SCHEMA_FILE.read_text()
+
+
+def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
+    schema = _committed_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("team", SHIPPED)
+def test_the_schema_accepts_every_shipped_team(team: str) -> None:
+    document = yaml.safe_load((TEAMS / team / "team.yaml").read_text())
+    validator = jsonschema.Draft202012Validator(_committed_schema())
+    assert [error.message for error in validator.iter_errors(document)] == []
+
+
+def _mutants() -> list[tuple[str, Any]]:
+    def unknown_top_level_key(spec: dict[str, Any]) -> None:
+        spec["colour"] = "blue"
+
+    def unknown_trainer_key(spec: dict[str, Any]) -> None:
+        spec["models"]["fraud_detector"]["trainer"]["hyperparams"] = {}
+
+    def unknown_task(spec: dict[str, Any]) -> None:
+        spec["models"]["fraud_detector"]["task"] = "ranking"
+
+    def malformed_reference(spec: dict[str, Any]) -> None:
+        spec["models"]["fraud_detector"]["features"]["function"] = "not a reference"
+
+    def no_models(spec: dict[str, Any]) -> None:
+        del spec["models"]
+
+    return [
+        (f.__name__, f)
+        for f in (
+            unknown_top_level_key,
+            unknown_trainer_key,
+            unknown_task,
+            malformed_reference,
+            no_models,
+        )
+    ]
+
+
+@pytest.mark.parametrize(("name", "mutate"), _mutants(), ids=[n for n, _ in _mutants()])
+def test_the_schema_rejects_a_mutant_the_loader_rejects(
+    tmp_path: Path, name: str, mutate: Any
+) -> None:
+    document = yaml.safe_load(FRAUD_TEXT)
+    mutate(document)
+    validator = jsonschema.Draft202012Validator(_committed_schema())
+    assert list(validator.iter_errors(document)), f"the schema accepted the mutant {name}"
+    with pytest.raises(TeamSpecError):
+        load_team_spec(_write(tmp_path, yaml.safe_dump(document, sort_keys=False)))
 
 
 def test_missing_field_names_file_line_and_field(tmp_path: Path) -> None:
@@ -77,10 +417,12 @@ def test_backend_outside_allowed_backends_is_refused(tmp_path: Path) -> None:
 def test_unknown_threshold_metric(tmp_path: Path) -> None:
     path = _with(
         tmp_path,
-        lambda s: s["models"]["fraud_detector"]["evaluation"]["thresholds"].update(min_auroc=0.9),
+        lambda s: s["models"]["fraud_detector"]["evaluation"]["thresholds"].update(
+            at_least_auroc=0.9
+        ),
     )
     with pytest.raises(
-        TeamSpecError, match=r"evaluation\.thresholds: unknown threshold 'min_auroc'"
+        TeamSpecError, match=r"evaluation\.thresholds: unknown threshold 'at_least_auroc'"
     ):
         load_team_spec(path)
 
