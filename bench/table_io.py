@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -169,19 +170,27 @@ def main() -> None:
 
     print(
         f"rows {args.rows:,}; source {source_bytes / 2**20:.0f} MiB Parquet (zstd); "
-        f"library output {library_bytes / 2**20:.0f} MiB; median of {args.repeat} fresh processes"
+        f"library output {library_bytes / 2**20:.0f} MiB; median of {args.repeat} fresh "
+        f"processes; load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'':<26}{'wall s':>10}{'peak RSS MiB':>15}")
-    for mode, label in (("baseline", "baseline (polars r+w)"), ("library", "library (r+split+w+hash)")):
-        print(f"{label:<26}{median(mode, 'seconds'):>10.2f}{median(mode, 'peak_rss_mib'):>15.0f}")
+    print(f"{'':<26}{'wall s':>8}{'peak RSS MiB':>14}   runs (s)")
+    labels = {"baseline": "baseline (polars r+w)", "library": "library (r+split+w+hash)"}
+    for mode, label in labels.items():
+        each = " ".join(f"{float(run['seconds']):.2f}" for run in runs[mode])
+        print(
+            f"{label:<26}{median(mode, 'seconds'):>8.2f}{median(mode, 'peak_rss_mib'):>14.0f}"
+            f"   {each}"
+        )
     time_ratio = median("library", "seconds") / median("baseline", "seconds")
     rss_ratio = median("library", "peak_rss_mib") / median("baseline", "peak_rss_mib")
-    print(f"{'ratio library/baseline':<26}{time_ratio:>9.2f}x{rss_ratio:>14.2f}x")
+    print(f"{'ratio library/baseline':<26}{time_ratio:>7.2f}x{rss_ratio:>13.2f}x")
     verdict = "PASS" if time_ratio <= BUDGET and rss_ratio <= BUDGET else "FAIL"
     print(
         f"budget {BUDGET}x: time {'PASS' if time_ratio <= BUDGET else 'FAIL'}, "
         f"memory {'PASS' if rss_ratio <= BUDGET else 'FAIL'} -> {verdict}"
     )
+    if verdict == "FAIL":
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

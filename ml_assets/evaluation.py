@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from ml_assets.transport import local_path
 
@@ -61,8 +61,6 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multiclass": MULTICLASS_METRICS,
     "regression": REGRESSION_METRICS,
 }
-# The binary metric names, under the name callers used before there were other tasks.
-METRICS = BINARY_METRICS
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier_score", "rmse", "mae", "max_error"})
 DEFAULT_PRIMARY_METRIC: dict[str, str] = {
     "binary": "roc_auc",
@@ -76,7 +74,6 @@ RESIDUAL_BINS = 30
 _ROW_SUM_TOLERANCE = 1e-3
 
 _THRESHOLD_KEY = re.compile(r"^(min|max)_([a-z0-9][a-z0-9_/]*)$")
-_NOT_GIVEN: Any = object()
 
 
 def _check_task(task: str) -> str:
@@ -390,26 +387,10 @@ class Evaluation:
         return asdict(self)
 
 
-@overload
 def evaluate(
     task: str,
     y_true: Any,
     y_pred: Any,
-    *,
-    classes: Sequence[Any] | None = None,
-    decision_threshold: float = 0.5,
-    extra_metrics: Mapping[str, Callable[..., Any]] | None = None,
-) -> Evaluation: ...
-
-
-@overload
-def evaluate(task: Any, y_true: Any, *, decision_threshold: float = 0.5) -> Evaluation: ...
-
-
-def evaluate(
-    task: Any,
-    y_true: Any,
-    y_pred: Any = _NOT_GIVEN,
     *,
     classes: Sequence[Any] | None = None,
     decision_threshold: float = 0.5,
@@ -434,14 +415,7 @@ def evaluate(
 
     Each ``extra_metrics`` function is called as ``function(y_true, y_pred)`` with the labels
     and the predictions given here as numpy arrays; its number is reported under its key.
-
-    ``evaluate(y_true, y_score)`` without a task, the form used before there were other tasks,
-    still scores binary predictions.
     """
-    if not isinstance(task, str) and y_pred is _NOT_GIVEN:
-        task, y_true, y_pred = "binary", task, y_true
-    if y_pred is _NOT_GIVEN:
-        raise TypeError("evaluate() needs task, y_true and y_pred")
     _check_task(task)
     if task == "binary":
         result = _evaluate_binary(y_true, y_pred, decision_threshold)

@@ -17,6 +17,7 @@ polars is never imported: a polars DataFrame is recognised by its ``to_arrow`` m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -30,9 +31,10 @@ if TYPE_CHECKING:
 
 SPLIT_COLUMN = "split"
 SPLIT_VALUES: tuple[str, ...] = ("train", "holdout")
-# Parquet codec for everything the library writes. zstd files are about a third smaller than
-# snappy's, but pyarrow compresses on one thread, and at 10 M rows zstd alone would use most of
-# the time budget (1.5x a polars read + write); snappy keeps the write within it.
+# Parquet codec for everything the library writes. zstd files are a third smaller than
+# snappy's (207 vs 310 MiB for bench/table_io.py's 10 M rows), but pyarrow encodes on one
+# thread and zstd costs about 0.5 s more there, which breaks the budget of 1.5x a polars
+# read + write; snappy stays within it and every Parquet reader knows it.
 PARQUET_COMPRESSION = "snappy"
 # Rows per Parquet row group: big enough that per-group overhead is negligible, small enough
 # that a reader can stream a large file group by group.
@@ -46,6 +48,7 @@ _MIX2 = 0x94D049BB133111EB
 # in the CPU cache, and memory does not grow with the table.
 _SPLIT_BLOCK_ROWS = 1 << 16
 _HASH_BLOCK_BYTES = 1 << 20
+_SINK_BUFFER_BYTES = 1 << 20
 
 
 def to_arrow(table: Any, where: str) -> pa.Table:
@@ -133,7 +136,9 @@ def split_column(ids: pa.ChunkedArray | pa.Array, holdout_fraction: float, seed:
     scratch = np.empty(_SPLIT_BLOCK_ROWS, dtype=np.uint64)
     position = 0
     for chunk in chunks:
-        values = chunk.to_numpy(zero_copy_only=True)
+        if len(chunk) == 0:  # an empty array may have no data buffer at all
+            continue
+        values = _integer_values(chunk)
         for start in range(0, len(values), _SPLIT_BLOCK_ROWS):
             block = values[start : start + _SPLIT_BLOCK_ROWS]
             size = len(block)
@@ -152,9 +157,35 @@ def split_column(ids: pa.ChunkedArray | pa.Array, holdout_fraction: float, seed:
             np.less(h, threshold, out=holdout[position : position + size])
             position += size
     # bool and int8 share their layout: False/True are the indices of "train"/"holdout".
-    indices = pa.array(holdout.view(np.int8), type=pa.int8())
-    return pa.DictionaryArray.from_arrays(
-        indices, pa.array(SPLIT_VALUES, type=pa.string()), safe=False
+    indices = pa.Array.from_buffers(pa.int8(), len(holdout), [None, pa.py_buffer(holdout)])
+    return pa.DictionaryArray.from_arrays(indices, _split_dictionary(), safe=False)
+
+
+def _integer_values(chunk: pa.Array) -> Any:
+    """A zero-copy numpy view of an integer array without nulls, straight from its buffer.
+
+    ``Array.to_numpy`` would do, but its first call imports pandas (a fifth of a second),
+    and nothing else on the library's path needs pandas.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    kind = "i" if pa.types.is_signed_integer(chunk.type) else "u"
+    dtype = np.dtype(f"{kind}{chunk.type.byte_width}")
+    return np.frombuffer(
+        chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize
+    )
+
+
+def _split_dictionary() -> pa.Array:
+    """The dictionary ``["train", "holdout"]``, built from buffers (pa.array imports pandas)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = "".join(SPLIT_VALUES).encode()
+    offsets = np.cumsum([0, *(len(value.encode()) for value in SPLIT_VALUES)], dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), len(SPLIT_VALUES), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
 
 
@@ -175,11 +206,10 @@ def with_split(table: pa.Table, id_column: str, holdout_fraction: float, seed: i
             f"the table already has a {SPLIT_COLUMN!r} column; the library assigns the split "
             f"from {id_column!r}, so rename or drop it"
         )
+    _split_threshold(holdout_fraction)  # a bad fraction is not the id column's fault
     try:
         split = split_column(table.column(id_column), holdout_fraction, seed)
     except ValueError as error:
-        if "holdout_fraction" in str(error):
-            raise
         raise ValueError(f"id column {id_column!r}: {error}") from None
     return table.append_column(SPLIT_COLUMN, split)
 
@@ -187,41 +217,66 @@ def with_split(table: pa.Table, id_column: str, holdout_fraction: float, seed: i
 class _HashingFile:
     """A binary file, open for writing, that feeds every block written to a sha256 digest.
 
-    pyarrow writes Parquet through it block by block (it needs ``write``, ``tell``, ``flush``
-    and ``closed``), so the digest of the file is known the moment the write ends.
+    pyarrow writes through it (via a ``BufferedOutputStream``, so blocks arrive as ~1 MiB
+    ``bytes``). Hashing and the file write run on a helper thread, overlapping pyarrow's
+    encoding on the caller's thread; both release the GIL. The queue is bounded, so at most
+    a few blocks are in flight. :meth:`finish` waits for the helper and re-raises its error.
     """
 
+    _QUEUED_BLOCKS = 8
+
     def __init__(self, handle: Any, digest: Any) -> None:
+        import queue
+        import threading
+
         self._handle = handle
         self._digest = digest
         self._position = 0
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self._QUEUED_BLOCKS)
+        self._thread = threading.Thread(target=self._drain, name="write_parquet-sha256")
+        self._thread.start()
+        self._finished = False
         self.closed = False
 
+    def _drain(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digest.update(block)
+                    self._handle.write(block)
+                except BaseException as error:  # handed to the writer thread by finish()
+                    self._error = error
+
     def write(self, data: Any) -> int:
-        # hashlib and file writes both release the GIL for large blocks.
-        view = memoryview(data)
-        self._digest.update(view)
-        self._handle.write(view)
-        self._position += view.nbytes
-        return view.nbytes
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            raise ValueError("write to a finished hashing file")
+        # pyarrow passes bytes (its own copy); anything else is copied, since the helper
+        # thread still reads the block after this call returns.
+        block = data if isinstance(data, bytes) else bytes(data)
+        self._queue.put(block)
+        self._position += len(block)
+        return len(block)
 
     def tell(self) -> int:
         return self._position
 
     def flush(self) -> None:
-        self._handle.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
+        pass
 
     def close(self) -> None:
         self.closed = True
+
+    def finish(self, raise_error: bool = True) -> None:
+        """Wait until every block is hashed and written; raise what went wrong there."""
+        self._finished = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -250,9 +305,16 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> str:
     The digest is the table's data version: it equals :func:`file_sha256` of the file, but
     is computed while the bytes are written, so a large file is never read back. The file is
     written under a temporary name beside ``path`` and renamed into place, so readers never
-    see a half-written file and a failed write leaves nothing behind. The bytes are a pure
-    function of the table (same columns, types, values and order give the same digest).
+    see a half-written file and a failed write leaves nothing behind. For one pyarrow
+    version (its name is in the file's footer) the bytes are a pure function of the table:
+    the same schema, metadata, values and row order give the same digest, however the table
+    is chunked in memory.
+
+    Strings and dictionary columns are dictionary encoded, numeric columns written plain;
+    pages are compressed with :data:`PARQUET_COMPRESSION`, in row groups of
+    :data:`PARQUET_ROW_GROUP_ROWS` rows.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     target = Path(path)
@@ -261,14 +323,29 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     try:
         with open(temporary, "wb") as handle:
-            sink = _HashingFile(handle, digest)
-            with pq.ParquetWriter(
-                sink,
-                table.schema,
-                compression=PARQUET_COMPRESSION,
-                use_dictionary=_dictionary_columns(table.schema),
-            ) as writer:
-                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+            hashing = _HashingFile(handle, digest)
+            sink = None
+            try:
+                # Parquet writes many small blocks (a page header is a few dozen bytes); the
+                # buffer hands them over in 1 MiB blocks, so Python runs once per MiB.
+                sink = pa.BufferedOutputStream(
+                    pa.PythonFile(hashing, mode="w"), buffer_size=_SINK_BUFFER_BYTES
+                )
+                with pq.ParquetWriter(
+                    sink,
+                    table.schema,
+                    compression=PARQUET_COMPRESSION,
+                    use_dictionary=_dictionary_columns(table.schema),
+                ) as writer:
+                    writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+                sink.close()
+            except BaseException:
+                if sink is not None:
+                    with contextlib.suppress(Exception):
+                        sink.close()
+                hashing.finish(raise_error=False)  # the error in flight says more
+                raise
+            hashing.finish()
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -277,15 +354,22 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> str:
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
-    """Read a Parquet file into a pyarrow Table.
+    """Read a Parquet file into a pyarrow Table, one row group at a time.
 
-    The file is memory-mapped and its column chunks are decoded straight from the mapping
-    (no pre-buffering), which at 10 M rows is several times faster than pyarrow's default
-    read and holds no second, compressed copy of the file in memory.
+    Each row group is decoded on its own (its columns in parallel) and the groups are joined
+    without copying, so peak memory stays close to the table itself: reading the file in one
+    call grows every column to its full length by doubling, which peaks near 1.5x the table.
+    The file is not memory-mapped: mapped pages would count in the process's RSS on top of
+    the decoded table, and plain reads of a local file are as fast.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(os.fspath(path), memory_map=True, pre_buffer=False)
+    with pq.ParquetFile(os.fspath(path)) as parquet_file:
+        groups = [parquet_file.read_row_group(i) for i in range(parquet_file.num_row_groups)]
+        if not groups:
+            return parquet_file.schema_arrow.empty_table()
+    return pa.concat_tables(groups)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -19,8 +19,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from ml_assets.assets.common import ModelKeys, raw_key
-from ml_assets.datasets import file_sha256
+from ml_assets.assets.common import ModelKeys
+from ml_assets.platform_data.assets import raw_key
+from ml_assets.tables import file_sha256
 from ml_assets.teams.location import team_definitions
 from ml_assets.testing.pipeline import build_raw, run_chain, train
 

@@ -3,7 +3,7 @@
 For every backend the clinical team's YAML gets ``allowed_backends``, a ``backends.<name>``
 section pointing at that backend's loopback fake (or moto), and ``backend: <name>`` on its model.
 The deferred pipeline then runs as in production: the run submits and ends, the fake really
-runs the training entrypoint through the staging wrapper, the reconciler records the model from
+runs the job runner through the staging wrapper, the reconciler records the model from
 the result in the backend's storage, and evaluation, registration, promotion and the serving
 spec follow.
 """
@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from ml_assets import transport
-from ml_assets.assets.common import ModelKeys, raw_key
+from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import registry_for
+from ml_assets.platform_data.assets import raw_key
 from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.teams.location import team_definitions

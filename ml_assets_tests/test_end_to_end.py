@@ -17,8 +17,8 @@ import pytest
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.evaluation import THRESHOLD_CHECK
 from ml_assets.assets.registration import registry_for
-from ml_assets.datasets import file_sha256
 from ml_assets.platform_data.definitions import defs as platform_defs
+from ml_assets.tables import file_sha256
 from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver

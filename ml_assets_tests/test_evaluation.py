@@ -98,11 +98,6 @@ def test_hand_computed_case() -> None:
     json.dumps(result.to_dict())  # metadata must be JSON-serialisable
 
 
-def test_the_form_without_a_task_still_scores_binary_predictions() -> None:
-    assert evaluate(Y_TRUE, Y_SCORE) == evaluate("binary", Y_TRUE, Y_SCORE)
-    assert evaluate(Y_TRUE, Y_SCORE, decision_threshold=0.65).confusion_matrix == [[3, 0], [1, 2]]
-
-
 def test_decision_threshold_moves_the_confusion_matrix() -> None:
     result = evaluate("binary", Y_TRUE, Y_SCORE, decision_threshold=0.65)
     assert result.confusion_matrix == [[3, 0], [1, 2]]

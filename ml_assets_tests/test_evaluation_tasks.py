@@ -482,3 +482,106 @@ def test_each_task_renders_a_png(result: Evaluation, size: tuple[int, int]) -> N
     assert plt.get_fignums() == before  # no pyplot figure was made
     assert _png_size(png) == size
     assert len(png) > 10_000
+
+
+# --- the asset ------------------------------------------------------------------------------
+
+
+def test_the_evaluation_asset_scores_a_multiclass_folder_model_and_gates_on_any_metric(
+    tmp_path: Path, team_module: str, ml_home: Path
+) -> None:
+    import dagster as dg
+
+    from ml_assets.assets.common import ModelContext
+    from ml_assets.assets.evaluation import THRESHOLD_CHECK, build_evaluation_asset
+    from ml_assets.teams.spec import TeamSpec
+
+    # A "model" that is a folder the team's predict function reads: here, fixed probabilities
+    # per row, so the metrics are the hand-computed case above.
+    (tmp_path / "code" / f"{team_module}_predict.py").write_text(
+        "import numpy as np\n\n\n"
+        "def table(artifact_path, features):\n"
+        "    return np.load(artifact_path / 'p.npy')[features['i'].to_numpy()]\n"
+    )
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    np.save(artifact / "p.npy", np.array(MC_PROBA))
+    features = pd.DataFrame(
+        {"row_id": range(10), "i": range(10), "label": MC_TRUE, "split": "holdout"}
+    )
+    features_path = tmp_path / "features.parquet"
+    features.to_parquet(features_path)
+
+    def team(thresholds: dict[str, float]) -> TeamSpec:
+        return TeamSpec.model_validate(
+            {
+                "team": "zoo",
+                "owners": ["zoo@example.com"],
+                "models": {
+                    "species": {
+                        "task": "multiclass",
+                        "dataset": {"asset": "platform/raw_species"},
+                        "features": {},
+                        "trainer": {"function": "logistic_regression"},
+                        "predict": f"{team_module}_predict:table",
+                        "evaluation": {
+                            "metrics": [f"{team_module}:top2_accuracy"],
+                            "thresholds": thresholds,
+                        },
+                    }
+                },
+            }
+        )
+
+    instance = dg.DagsterInstance.ephemeral()  # in memory: no database to create
+    model = ModelContext(team({}), "species")
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=model.keys.trained,
+            metadata={
+                "job_id": "job-1",
+                "artifact": dg.MetadataValue.path(str(artifact)),
+                "features_uri": dg.MetadataValue.path(str(features_path)),
+                "train/accuracy": 0.97,
+                "train/loss": 0.12,
+            },
+        )
+    )
+
+    def run(thresholds: dict[str, float]) -> dg.ExecuteInProcessResult:
+        asset = build_evaluation_asset(ModelContext(team(thresholds), "species"))
+        return dg.materialize([asset], instance=instance, raise_on_error=False)
+
+    passed = run({"min_macro_f1": 0.4, "min_top2_accuracy": 0.8, "min_train/accuracy": 0.95})
+    assert passed.success
+    [materialization] = passed.asset_materializations_for_node("zoo__species_evaluation")
+    values = {k: v.value for k, v in materialization.metadata.items()}
+    assert values["task"] == "multiclass" and values["passed"] is True
+    reference = evaluate("multiclass", MC_TRUE, MC_PROBA, classes=CLASSES).metrics
+    assert values["macro_f1"] == pytest.approx(reference["macro_f1"])
+    assert values["top2_accuracy"] == pytest.approx(0.8)
+    assert "train/accuracy" not in values  # kept apart from the holdout metrics
+    assert values["training_metrics"] == {"train/accuracy": 0.97, "train/loss": 0.12}
+    assert values["classes"] == CLASSES
+    assert str(values["plot"]).startswith("![Confusion matrix and recall per class](data:image")
+    table = str(values["confusion_matrix"]).splitlines()
+    assert table[0] == "| | predicted ant | predicted bee | predicted cat |"
+    assert table[2:] == [
+        "| **actual ant** | 3 | 1 | 0 |",
+        "| **actual bee** | 0 | 1 | 2 |",
+        "| **actual cat** | 2 | 0 | 1 |",
+    ]
+    [check] = passed.get_asset_check_evaluations()
+    assert check.check_name == THRESHOLD_CHECK and check.passed
+    assert check.metadata["train/accuracy"].value == 0.97
+
+    failed = run({"max_train/loss": 0.1, "min_recall_ant": 0.8})
+    [check] = failed.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.description == "train/loss 0.12 > max 0.1; recall_ant 0.75 < min 0.8"
+
+    missing = run({"min_train/f1": 0.5})
+    assert not missing.success
+    [failure] = [e for e in missing.all_events if e.is_step_failure]
+    assert "cannot check the thresholds" in str(failure.event_specific_data)
+    assert "'train/f1', which was not computed" in str(failure.event_specific_data)

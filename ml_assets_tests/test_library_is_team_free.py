@@ -37,7 +37,8 @@ LIBRARY_COLUMNS = {"label", "row_id", "split"}
 
 
 def team_folders() -> list[Path]:
-    return sorted(p.parent for p in TEAMS.glob("*/team.yaml"))
+    """Every folder under ml_assets/teams/, a team's (with or without its team.yaml yet)."""
+    return sorted(p for p in TEAMS.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
 def _reference_words(reference: str) -> set[str]:
@@ -63,8 +64,11 @@ def platform_words() -> set[str]:
 def team_words(folder: Path) -> set[str]:
     """A team's name, its model names, its dataset assets, the functions and modules it names,
     its label and id columns, and the names of the modules in its folder."""
+    words = {folder.name}
+    if not (folder / "team.yaml").exists():
+        return words
     spec = yaml.safe_load((folder / "team.yaml").read_text())
-    words = {folder.name, str(spec["team"])}
+    words.add(str(spec["team"]))
     for model_name, model in spec["models"].items():
         words.add(model_name)
         dataset = model.get("dataset", {})

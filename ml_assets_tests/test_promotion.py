@@ -22,6 +22,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.evaluation import Scoring
 from ml_assets.assets.promotion import (
     BEATS_CHAMPION,
@@ -33,7 +34,7 @@ from ml_assets.assets.promotion import (
     rollback,
     run_gates,
 )
-from ml_assets.assets.serving import smoke_test
+from ml_assets.assets.serving import serving_spec, smoke_test
 from ml_assets.features import assign_split, feature_columns
 from ml_assets.files import pack_directory
 from ml_assets.platform_data.sources import load_breast_cancer
@@ -41,7 +42,7 @@ from ml_assets.quality import population_stability, psi
 from ml_assets.registries.base import ARCHIVED, CHALLENGER, PRODUCTION, RegistrationRequest
 from ml_assets.registries.local import LocalRegistry
 from ml_assets.tables import file_sha256
-from ml_assets.teams.spec import PromotionSpec
+from ml_assets.teams.spec import PromotionSpec, TeamSpec
 
 MODEL = "clinical.tumor_classifier"
 
@@ -162,7 +163,7 @@ class World:
         found = self.registry.get_version(self.model, version)
         assert found is not None
         out_dir = self.root / "serving" / version
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         return smoke_test(found, out_dir, self.scoring)
 
 
@@ -322,3 +323,239 @@ def test_psi_is_zero_for_the_same_sample_and_large_for_a_shift() -> None:
     assert psi(reference, reference.copy()) == pytest.approx(0.0, abs=1e-12)
     assert psi(reference, rng.normal(size=5000)) < 0.05
     assert psi(reference, rng.normal(loc=1.0, size=5000)) > 0.25
+
+
+# --- other tasks ----------------------------------------------------------------------------
+
+COLOUR_CENTRES = {"blue": (0.0, 0.0), "green": (3.0, 0.0), "red": (0.0, 3.0)}
+
+
+def colours(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A multiclass dataset: string labels, two numeric features and a string one."""
+    rng = np.random.default_rng(seed)
+    names = rng.choice(sorted(COLOUR_CENTRES), size=rows)
+    xy = np.array([COLOUR_CENTRES[n] for n in names]) + rng.normal(size=(rows, 2))
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(rows, dtype=np.int64),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "shade": rng.choice(["light", "dark"], size=rows),
+            "label": names,
+        }
+    )
+
+
+def prices(rows: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A regression dataset: a float target, linear in two features plus noise."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=rows), rng.normal(size=rows)
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(rows, dtype=np.int64),
+            "a": a,
+            "b": b,
+            "label": 2.0 * a - b + 0.5 + rng.normal(scale=0.1, size=rows),
+        }
+    )
+
+
+def with_split(dataset: pd.DataFrame) -> pd.DataFrame:
+    return dataset.assign(split=assign_split(dataset["row_id"], holdout_fraction=0.3, seed=0))
+
+
+def _fit(features: pd.DataFrame, columns: list[str], estimator: Any, shuffle: bool) -> Any:
+    train = features[features["split"] == "train"]
+    labels = train["label"].to_numpy()
+    if shuffle:
+        labels = np.random.default_rng(7).permutation(labels)
+    return estimator.fit(train[columns], labels)
+
+
+def test_multiclass_models_are_compared_on_macro_f1_with_string_labels(tmp_path: Path) -> None:
+    world = World(tmp_path, "paint.colour", Scoring(task="multiclass"))
+    dataset = colours()
+    features = with_split(dataset)
+    columns = ["x", "y"]
+
+    def register(shuffle: bool) -> str:
+        estimator = _fit(features, columns, LogisticRegression(), shuffle)
+        return world.register_model(dataset, features, estimator, columns)
+
+    champion = register(shuffle=False)
+    assert world.judge(champion)["decision"] == "promoted"
+    note = world.judge(register(shuffle=True))
+
+    assert note["decision"] == "rejected" and world.production() == champion
+    beats = _checks(note)[BEATS_CHAMPION]
+    assert beats["passed"] is False and beats["metric"] == "macro_f1"
+    assert beats["task"] == "multiclass" and beats["lower_is_better"] is False
+    assert float(beats["challenger"]) < 0.6 < 0.85 < float(beats["champion"])  # type: ignore[arg-type]
+    # The string label and the string feature neither break nor enter the drift check.
+    drift = _checks(note)[NO_DRIFT]
+    assert drift["passed"] is True and drift["features_measured"] == 2
+    assert drift["features_not_measured"] == ["shade"]
+    assert _checks(note)[DATA_QUALITY]["passed"] is True
+
+    smoke = world.smoke(champion)
+    assert smoke["task"] == "multiclass" and smoke["rows_scored"] == 64
+    assert 1 / 3 <= smoke["score_min"] <= smoke["score_max"] <= 1.0  # top-class probability
+    assert smoke["kserve_sklearn"] is True
+
+
+def test_regression_models_are_compared_on_rmse_where_lower_is_better(tmp_path: Path) -> None:
+    world = World(tmp_path, "shop.price", Scoring(task="regression"))
+    dataset = prices()
+    features = with_split(dataset)
+    columns = ["a", "b"]
+
+    def register(shuffle: bool) -> str:
+        estimator = _fit(features, columns, LinearRegression(), shuffle)
+        return world.register_model(dataset, features, estimator, columns)
+
+    weak = register(shuffle=True)
+    world.judge(weak)
+    better = register(shuffle=False)
+    promoted = world.judge(better)
+    rejected = world.judge(register(shuffle=True))
+
+    assert promoted["decision"] == "promoted" and promoted["previous_production"] == weak
+    beats = _checks(promoted)[BEATS_CHAMPION]
+    assert beats["metric"] == "rmse" and beats["lower_is_better"] is True
+    assert float(beats["challenger"]) < 0.2 < 1.0 < float(beats["champion"])  # type: ignore[arg-type]
+    assert "lower is better" in str(beats["summary"])
+    assert rejected["decision"] == "rejected" and world.production() == better
+    assert _checks(rejected)[BEATS_CHAMPION]["passed"] is False
+    # A float label is not a feature: only a and b are measured for drift.
+    assert _checks(rejected)[NO_DRIFT]["features_measured"] == 2
+    assert world.smoke(better)["kserve_sklearn"] is True
+
+
+@pytest.fixture
+def team_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A team's predict and metric functions in a module importable by name."""
+    name = f"team_serving_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+
+
+            def linear(artifact_path, features):
+                weights = np.load(artifact_path / "weights.npy")
+                return features[["a", "b"]].to_numpy() @ weights[:2] + weights[2]
+
+
+            def within_quarter(y_true, y_pred):
+                return float(np.mean(np.abs(y_true - y_pred) <= 0.25))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    return name
+
+
+def _weights(values: list[float]) -> Callable[[Path], None]:
+    return lambda folder: np.save(folder / "weights.npy", np.array(values))
+
+
+def test_folder_artifacts_are_judged_and_smoke_tested_through_the_team_predict_function(
+    tmp_path: Path, team_module: str
+) -> None:
+    scoring = Scoring(task="regression", predict=f"{team_module}:linear")
+    world = World(tmp_path, "shop.price", scoring)
+    dataset = prices()
+    features = with_split(dataset)
+
+    zero = world.register_folder(dataset, features, _weights([0.0, 0.0, 0.0]))
+    world.judge(zero)
+    exact = world.register_folder(dataset, features, _weights([2.0, -1.0, 0.5]))
+    promoted = world.judge(exact)
+    worse = world.judge(world.register_folder(dataset, features, _weights([1.0, -1.0, 0.5])))
+
+    assert promoted["decision"] == "promoted" and worse["decision"] == "rejected"
+    # The exact weights leave only the noise (sd 0.1); zero weights miss by the whole signal.
+    assert float(_checks(promoted)[BEATS_CHAMPION]["challenger"]) < 0.15  # type: ignore[arg-type]
+    assert float(_checks(promoted)[BEATS_CHAMPION]["champion"]) > 1.5  # type: ignore[arg-type]
+
+    smoke = world.smoke(exact)
+    assert smoke["kserve_sklearn"] is False and smoke["rows_scored"] == 64
+    assert smoke["artifact_sha256"] == file_sha256(world.root / "v2" / "artifact.tar")
+    assert not (world.root / "serving" / exact / "model").exists()
+    version = world.registry.get_version(world.model, exact)
+    assert version is not None
+    out_dir = world.root / "serving" / exact
+    document = serving_spec(ModelContext(_team(team_module), "price"), version, out_dir, smoke)
+    assert "kserve" not in document and not (out_dir / "inferenceservice.yaml").exists()
+    assert document["custom_predictor"]["predict"] == f"{team_module}:linear"
+    assert "custom predictor" in document["custom_predictor"]["reason"]
+    assert document["task"] == "regression"
+    assert document["artifact_uri"] == str(world.root / "v2" / "artifact")
+
+    _weights([2.0, -1.0, 0.6])(world.root / "v2" / "artifact")  # changed after registration
+    with pytest.raises(ValueError, match="was registered with"):
+        world.smoke(exact)
+
+
+def _team(module: str) -> TeamSpec:
+    return TeamSpec.model_validate(
+        {
+            "team": "shop",
+            "owners": ["shop@example.com"],
+            "models": {
+                "price": {
+                    "task": "regression",
+                    "dataset": {"asset": "platform/raw_prices"},
+                    "features": {},
+                    "trainer": {"function": "logistic_regression"},
+                    "predict": f"{module}:linear",
+                }
+            },
+        }
+    )
+
+
+def test_the_primary_metric_may_be_a_team_metric_and_must_be_computed(
+    tmp_path: Path, team_module: str
+) -> None:
+    scoring = Scoring(
+        task="regression",
+        predict=f"{team_module}:linear",
+        metrics=(f"{team_module}:within_quarter",),
+    )
+    world = World(tmp_path, "shop.price", scoring)
+    dataset = prices()
+    features = with_split(dataset)
+    world.judge(world.register_folder(dataset, features, _weights([2.0, -1.0, 1.5])))
+    exact = world.register_folder(dataset, features, _weights([2.0, -1.0, 0.5]))
+
+    note = world.judge(exact, PromotionSpec(primary_metric="within_quarter"))
+
+    beats = _checks(note)[BEATS_CHAMPION]
+    assert note["decision"] == "promoted" and beats["metric"] == "within_quarter"
+    assert beats["lower_is_better"] is False
+    assert beats["champion"] == 0.0  # every prediction is 1.0 off
+    assert float(beats["challenger"]) > 0.95  # type: ignore[arg-type]
+    held = world.judge(
+        world.register_folder(dataset, features, _weights([2.0, -1.0, 0.5])),
+        PromotionSpec(primary_metric="roc_auc"),
+    )
+    assert held["decision"] == "rejected"
+    assert "the primary metric 'roc_auc' is not computed for a regression model" in str(
+        _checks(held)[BEATS_CHAMPION]["summary"]
+    )
+
+
+def test_drift_and_ranges_only_measure_numbers() -> None:
+    reference = pd.DataFrame(
+        {"x": np.arange(100.0), "flag": [True, False] * 50, "shade": ["dark"] * 100}
+    )
+    current = reference.assign(x=reference["x"] + 1000.0, shade="light")
+    scores = population_stability(reference, current, ["x", "flag", "shade", "absent"])
+    assert set(scores) == {"x", "flag"}
+    assert scores["x"] > 0.25 and scores["flag"] == pytest.approx(0.0, abs=1e-12)
+    from ml_assets.quality import range_violations
+
+    found = range_violations(current, {"shade": (0.0, 1.0), "x": (0.0, 2000.0)})
+    assert found == {"shade": {"rows": 100, "problem": "values are not numbers"}}

@@ -5,6 +5,7 @@ Parquet file per run, and versions each file by the hash of its bytes, so a trai
 reads a version keeps reading exactly that version.
 """
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -178,7 +179,7 @@ def label_summary(table: "pa.Table", task: Task) -> dict[str, Any]:
 
 def _written(
     context: dg.AssetExecutionContext,
-    key_path: list[str],
+    key_path: Sequence[str],
     table: "pa.Table",
     extra: dict[str, Any],
 ) -> dg.MaterializeResult:

@@ -80,10 +80,10 @@ class DatasetSpec(_Spec):
             raise ValueError("give exactly one of 'asset' (an asset key) or 'function'")
         if self.asset is not None and not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", self.asset):
             raise _FieldError(
-                ("dataset", "asset"), f"{self.asset!r} is not an asset key like 'platform/raw_x'"
+                ("asset",), f"{self.asset!r} is not an asset key like 'platform/raw_x'"
             )
         if self.asset is not None and self.params:
-            raise _FieldError(("dataset", "params"), "params go with 'function', not 'asset'")
+            raise _FieldError(("params",), "params go with 'function', not 'asset'")
         return self
 
     @property
@@ -150,7 +150,7 @@ class TrainerSpec(_Spec):
         if (self.function is None) == (self.command is None):
             raise ValueError("give exactly one of 'function' or 'command' (with 'image')")
         if self.image is not None and self.command is None:
-            raise _FieldError(("trainer", "image"), "'image' goes with 'command'")
+            raise _FieldError(("image",), "'image' goes with 'command'")
         return self
 
     @property
@@ -258,7 +258,7 @@ class RegistrySpec(_Spec):
         for name in self.settings:
             if name not in accepted:
                 raise _FieldError(
-                    ("registry", name),
+                    (name,),
                     f"unknown setting for the {self.kind} registry; it takes: "
                     + ", ".join(accepted),
                 )
@@ -375,7 +375,8 @@ class TeamSpec(_Spec):
 
 
 class _FieldError(ValueError):
-    """A cross-field error raised from a model validator, carrying the field's path."""
+    """A cross-field error raised from a model validator, carrying the field's path relative to
+    that model."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
@@ -410,7 +411,9 @@ def load_team_spec(path: str | Path) -> TeamSpec:
         for error in exc.errors():
             context_error = error.get("ctx", {}).get("error")
             if isinstance(context_error, _FieldError):
-                loc, message = context_error.loc, context_error.message
+                # The error's own path is relative to the model that raised it.
+                loc = (*error["loc"], *context_error.loc)
+                message = context_error.message
             else:
                 loc, message = tuple(error["loc"]), _plain(error["msg"])
             problems.append(_describe(path, root, loc, message))

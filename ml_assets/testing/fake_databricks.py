@@ -149,9 +149,12 @@ class FakeDatabricks(LoopbackServer):
 
     # -- lifecycle and test hooks ---------------------------------------------------------------
 
-    def __enter__(self) -> FakeDatabricks:
-        self.start()
+    def start(self) -> FakeDatabricks:
+        super().start()
         return self
+
+    def __enter__(self) -> FakeDatabricks:
+        return self.start()
 
     def tick(self) -> None:
         """Move runs along (start, reap) as the service's scheduler would."""

@@ -87,8 +87,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     column is left unscaled), so the trainer suits any numeric feature set.
 
     Fitted attributes: ``classes_`` (``[0, 1]``), ``n_features_in_``, ``device_`` (the device
-    it trained on, with the GPU's name), ``loss_curve_`` (mean training loss per epoch), ``input_mean_`` and
-    ``input_scale_``, and ``coefs_`` / ``intercepts_``: float32 numpy arrays per layer, weights
+    it trained on, with the GPU's name), ``loss_curve_`` (mean training loss per epoch),
+    ``input_mean_`` and ``input_scale_``, and ``coefs_`` / ``intercepts_``: float32 numpy arrays per layer, weights
     shaped ``(inputs, outputs)``. No torch object is kept.
     """
 

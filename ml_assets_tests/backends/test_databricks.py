@@ -266,9 +266,7 @@ def test_the_fake_receives_exactly_the_built_request_and_no_secret(
 
 def test_the_fake_receives_the_spec_image(start_fake: Callable[..., FakeDatabricks]) -> None:
     fake = start_fake()
-    spec = databricks_spec(["true"], "image").model_copy(
-        update={"image": "ghcr.io/team/trainer:7"}
-    )
+    spec = databricks_spec(["true"], "image").model_copy(update={"image": "ghcr.io/team/trainer:7"})
 
     settings_for(fake).get_backend().submit(spec)
 

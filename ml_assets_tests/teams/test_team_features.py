@@ -160,8 +160,7 @@ def _card_rows() -> pd.DataFrame:
 
 def test_transaction_risk_values_by_hand() -> None:
     features = transaction_risk(_card_rows(), {})
-    assert list(features.columns)[0] == "transaction_id"
-    assert list(features.columns)[-1] == "is_fraud"
+    assert features.columns[0] == "transaction_id" and features.columns[-1] == "is_fraud"
     assert features["transaction_id"].tolist() == [101, 102, 103, 104]
     assert features["is_fraud"].dtype == np.int8
     assert features["is_fraud"].tolist() == [0, 1, 0, 0]
@@ -239,6 +238,20 @@ def test_transaction_risk_names_a_missing_raw_column() -> None:
 
 
 # --- wine: load_wines and chemistry (multiclass, string labels) ---------------------------
+
+
+def test_wine_chemistry_logs_the_named_columns_and_adds_two_ratios() -> None:
+    raw = load_wines()
+    assert list(raw.columns[:2]) == ["wine_id", "alcohol"] and raw.columns[-1] == "cultivar"
+    features = chemistry(raw, {"log_columns": ["proline"]})
+    assert "proline" not in features.columns
+    np.testing.assert_allclose(features["log_proline"], np.log1p(raw["proline"]))
+    np.testing.assert_allclose(
+        features["flavanoid_share"], raw["flavanoids"] / raw["total_phenols"]
+    )
+    np.testing.assert_allclose(features["colour_per_hue"], raw["color_intensity"] / raw["hue"])
+    assert features["cultivar"].tolist() == raw["cultivar"].tolist()
+    assert "log_magnesium" not in chemistry(raw, {}).columns
 
 
 def test_wine_features_table_is_multiclass_with_the_cultivar_as_label() -> None:

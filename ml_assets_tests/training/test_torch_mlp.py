@@ -1,5 +1,6 @@
-"""Tests for the torch_mlp trainer: it learns the digits task to the vision team's gate, is
-reproducible, picks its device as documented, and its artifact scores without torch.
+"""Tests for the torch_mlp trainer: it learns the vision team's task to the team's gate, is
+reproducible, picks its device as documented, reports each epoch, and its artifact scores
+without torch.
 
 Tests that train need torch and skip with the reason when it is not installed; the checks of
 data, hyperparameters and device choice, and the torch-free loading, run either way.
@@ -18,21 +19,28 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
-import yaml
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from ml_assets.datasets import DIGIT_PIXEL_COLUMNS, file_sha256, load_digits
+from ml_assets.assets.data import build_feature_table
 from ml_assets.evaluation import check_thresholds, evaluate, load_model, predict_scores
-from ml_assets.features import build_features, feature_columns
-from ml_assets.training.entrypoint import RESULT_FILE
+from ml_assets.features import feature_columns
+from ml_assets.platform_data.sources import DIGIT_PIXEL_COLUMNS, load_digits
+from ml_assets.tables import file_sha256
+from ml_assets.teams.spec import load_team_spec
+from ml_assets.teams.vision.features import digit_pixels
+from ml_assets.training import builtin
+from ml_assets.training.runner import MODEL_FILE, TrainContext
 from ml_assets.training.torch_mlp import TorchMLPClassifier, resolve_device
-from ml_assets.training.trainers import build_estimator
+from ml_assets_tests.training.test_runner import run_runner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VISION = yaml.safe_load((REPO_ROOT / "ml_assets/teams/vision/team.yaml").read_text())
-DIGITS = VISION["models"]["digit_classifier"]
+VISION = load_team_spec(REPO_ROOT / "ml_assets/teams/vision/team.yaml")
+MODEL = VISION.models["digit_classifier"]
+HYPERPARAMETERS = MODEL.trainer.hyperparameters
+THRESHOLDS = MODEL.evaluation.thresholds
 # Run first in a subprocess, this makes torch look uninstalled: every `import torch` raises
 # ModuleNotFoundError. (Setting sys.modules["torch"] = None would too, but scipy then finds a
 # "torch" entry and fails on it, which no environment without torch would do.)
@@ -72,10 +80,45 @@ def torch() -> Any:
     )
 
 
+class FakePipes:
+    """What a TrainContext talks to: records custom messages and log lines."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self.log = self
+
+    def report_custom_message(self, payload: dict[str, Any]) -> None:
+        self.payloads.append(payload)
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _context(columns: list[str], seed: int = 0, pipes: Any = None) -> TrainContext:
+    return TrainContext(
+        seed=seed,
+        task="binary",
+        output_dir=Path("."),
+        feature_columns=tuple(columns),
+        classes=(0, 1),
+        _pipes=pipes,
+    )
+
+
+def _expected_device(torch: Any) -> str:
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return "cpu"
+
+
 @pytest.fixture(scope="module")
 def features() -> pd.DataFrame:
-    spec = DIGITS["features"]
-    return build_features(spec["feature_set"], load_digits(), spec["holdout_fraction"], seed=0)
+    """The vision team's features table, built as its features asset builds it."""
+    raw = pa.Table.from_pandas(load_digits(), preserve_index=False)
+    table = build_feature_table(MODEL.features, MODEL.task, raw).to_pandas()
+    table["split"] = table["split"].astype(str)
+    return table
 
 
 @pytest.fixture(scope="module")
@@ -87,26 +130,32 @@ def split(features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]
 
 @pytest.fixture(scope="module")
 def fitted(torch: Any, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]) -> TorchMLPClassifier:
-    """The vision team's model, as its team.yaml configures it."""
+    """The vision team's model, trained by the built-in trainer as its team.yaml configures it."""
     train, _, columns = split
-    estimator = build_estimator("torch_mlp", DIGITS["trainer"]["hyperparameters"], seed=0)
-    return estimator.fit(train[columns], train["label"].to_numpy())
+    model = builtin.torch_mlp(train, dict(HYPERPARAMETERS), _context(columns))
+    assert isinstance(model, TorchMLPClassifier)
+    return model
 
 
 def _small_fit(split: tuple[pd.DataFrame, pd.DataFrame, list[str]], **hyperparameters: Any) -> Any:
     train, _, columns = split
-    estimator = build_estimator("torch_mlp", {"epochs": 3, **hyperparameters}, seed=0)
+    estimator = TorchMLPClassifier(**{"epochs": 3, **hyperparameters})
     return estimator.fit(train[columns], train["label"].to_numpy())
 
 
-def test_holdout_roc_auc_passes_the_vision_team_gate(
+def test_the_features_are_the_vision_team_pixels(features: pd.DataFrame) -> None:
+    assert feature_columns(features) == list(DIGIT_PIXEL_COLUMNS)
+    assert features["label"].tolist() == digit_pixels(load_digits(), {})["label"].tolist()
+
+
+def test_holdout_roc_auc_passes_the_team_gate(
     fitted: TorchMLPClassifier, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]
 ) -> None:
     _, holdout, columns = split
     scores = fitted.predict_proba(holdout[columns])[:, 1]
-    metrics = evaluate(holdout["label"], scores).metrics
+    metrics = evaluate("binary", holdout["label"], scores).metrics
     assert metrics["roc_auc"] > 0.99, metrics
-    assert check_thresholds(metrics, DIGITS["evaluation"]["thresholds"]) == []
+    assert check_thresholds(metrics, THRESHOLDS) == []
     # A constant score has ROC AUC 0.5 on this balanced label; the network learnt something.
     assert 0.4 < metrics["positive_rate"] < 0.6
     assert fitted.loss_curve_[-1] < fitted.loss_curve_[0] / 3
@@ -159,14 +208,61 @@ def test_same_seed_same_model_other_seed_other_model(
     assert np.abs(first - other).max() > 1e-3
 
 
-def test_build_estimator_passes_the_job_seed_unless_hyperparameters_set_it() -> None:
-    estimator = build_estimator("torch_mlp", {"hidden_sizes": [8], "lr": 0.01}, seed=7)
-    assert isinstance(estimator, TorchMLPClassifier)
-    assert (estimator.hidden_sizes, estimator.lr, estimator.seed) == ([8], 0.01, 7)
-    assert build_estimator("torch_mlp", {"seed": 11}, seed=7).seed == 11
-    assert clone(estimator).get_params() == estimator.get_params()
+def test_the_builtin_passes_the_job_seed_unless_hyperparameters_set_it(
+    torch: Any, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]
+) -> None:
+    train, _, columns = split
+    small = {"hidden_sizes": [8], "lr": 0.01, "epochs": 1}
+    model = builtin.torch_mlp(train, small, _context(columns, seed=7))
+    assert (model.hidden_sizes, model.lr, model.seed) == ([8], 0.01, 7)
+    assert builtin.torch_mlp(train, {**small, "seed": 11}, _context(columns, seed=7)).seed == 11
+    assert clone(model).get_params() == model.get_params()
+
+
+def test_an_unknown_hyperparameter_fails_before_training(
+    split: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    train, _, columns = split
     with pytest.raises(TypeError, match="hidden_layers"):
-        build_estimator("torch_mlp", {"hidden_layers": [8]}, seed=0)
+        builtin.torch_mlp(train, {"hidden_layers": [8]}, _context(columns))
+
+
+def test_the_builtin_refuses_a_regression_task(
+    split: tuple[pd.DataFrame, pd.DataFrame, list[str]],
+) -> None:
+    train, _, columns = split
+    context = _context(columns)
+    context.task = "regression"
+    with pytest.raises(ValueError, match="classifier; the task is regression"):
+        builtin.torch_mlp(train, {}, context)
+
+
+def test_the_builtin_reports_every_epoch_and_the_device(
+    torch: Any, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]
+) -> None:
+    train, _, columns = split
+    pipes = FakePipes()
+    context = _context(columns, pipes=pipes)
+    model = builtin.torch_mlp(train, {"epochs": 4, "device": "cpu"}, context)
+    epochs = [p for p in pipes.payloads if "metrics" in p]
+    assert [p["step"] for p in epochs] == [1, 2, 3, 4]
+    assert [p["metrics"]["train_loss"] for p in epochs] == pytest.approx(model.loss_curve_)
+    assert [p["progress"] for p in epochs] == pytest.approx([0.3, 0.5, 0.7, 0.9])
+    assert context.device == model.device_ == "cpu"
+    assert {"device": "cpu"} in pipes.payloads
+    assert {"message": "training on cpu"} in pipes.payloads
+
+
+def test_fit_calls_the_epoch_callback_after_each_epoch(
+    torch: Any, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]
+) -> None:
+    train, _, columns = split
+    calls: list[tuple[int, int, float]] = []
+    model = TorchMLPClassifier(epochs=3, device="cpu").fit(
+        train[columns], train["label"], epoch_callback=lambda *call: calls.append(call)
+    )
+    assert [(epoch, epochs) for epoch, epochs, _ in calls] == [(1, 3), (2, 3), (3, 3)]
+    assert [loss for _, _, loss in calls] == model.loss_curve_
 
 
 def test_device_cpu_trains_on_the_cpu_and_says_so(
@@ -184,8 +280,7 @@ def test_device_cpu_trains_on_the_cpu_and_says_so(
 def test_auto_device_takes_cuda_only_when_it_is_available(
     torch: Any, split: tuple[pd.DataFrame, pd.DataFrame, list[str]]
 ) -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert _small_fit(split, device="auto").device_ == expected
+    assert _small_fit(split, device="auto").device_ == _expected_device(torch)
 
 
 def test_device_cuda_without_a_gpu_fails_instead_of_training_on_the_cpu(
@@ -232,7 +327,7 @@ def test_resolve_device_rejects_unknown_and_unavailable_devices() -> None:
     ],
 )
 def test_bad_hyperparameters_fail_at_fit(hyperparameters: dict[str, Any], message: str) -> None:
-    estimator = build_estimator("torch_mlp", hyperparameters, seed=0)
+    estimator = TorchMLPClassifier(**hyperparameters)
     with pytest.raises(ValueError, match=message):
         estimator.fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
@@ -264,7 +359,14 @@ def test_artifact_loads_and_scores_in_a_process_without_torch(
 ) -> None:
     _, holdout, columns = split
     artifact, rows, scores = tmp_path / "model.joblib", tmp_path / "holdout.parquet", tmp_path / "s"
-    joblib.dump({"estimator": fitted, "feature_columns": columns, "trainer": "torch_mlp"}, artifact)
+    bundle = {
+        "estimator": fitted,
+        "feature_columns": columns,
+        "task": "binary",
+        "classes": [0, 1],
+        "trainer": "ml_assets.training.builtin:torch_mlp",
+    }
+    joblib.dump(bundle, artifact)
     holdout.to_parquet(rows)
     code = NO_TORCH + textwrap.dedent(
         f"""
@@ -293,9 +395,11 @@ def test_without_torch_the_trainer_imports_but_fit_names_the_fix() -> None:
     code = NO_TORCH + textwrap.dedent(
         """
         import numpy as np
-        from ml_assets.training.trainers import build_estimator
+        from ml_assets.training.builtin import BUILTIN_TRAINERS
+        from ml_assets.training.torch_mlp import TorchMLPClassifier
 
-        estimator = build_estimator("torch_mlp", {}, seed=0)
+        assert "torch_mlp" in BUILTIN_TRAINERS
+        estimator = TorchMLPClassifier()
         try:
             estimator.fit(np.zeros((4, 2)), [0, 1, 0, 1])
         except ImportError as error:
@@ -307,43 +411,44 @@ def test_without_torch_the_trainer_imports_but_fit_names_the_fix() -> None:
     assert "ImportError: the torch_mlp trainer needs PyTorch to train" in completed.stdout
 
 
-def test_training_entrypoint_trains_the_digits_model_end_to_end(
+def test_the_runner_trains_the_vision_model_end_to_end(
     torch: Any, features: pd.DataFrame, tmp_path: Path
 ) -> None:
     features_path, output = tmp_path / "features.parquet", tmp_path / "out"
     features.to_parquet(features_path, index=False)
-    hyperparameters = DIGITS["trainer"]["hyperparameters"]
-    job = {
-        "trainer": "torch_mlp",
-        "hyperparameters": hyperparameters,
-        "features_uri": str(features_path),
-        "output_uri": str(output),
-        "seed": 0,
-    }
-    code = (
-        "import sys\nfrom ml_assets.training.entrypoint import main\n"
-        f"sys.exit(main(['--job', {json.dumps(job)!r}]))"
+    result = run_runner(
+        features_path,
+        output,
+        MODEL.trainer.reference or "",
+        task=MODEL.task,
+        hyperparameters=HYPERPARAMETERS,
+        seed=MODEL.trainer.seed,
     )
-    completed = _python(code)
-    assert completed.returncode == 0, completed.stderr
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert f"[ml_assets.torch_mlp] training on {device}" in completed.stdout
-    assert "epoch 30/30 loss" in completed.stdout and "100% done" in completed.stdout
+    assert result.returncode == 0, result.stderr
+    device = _expected_device(torch)
+    assert f"[ml_assets.torch_mlp] training on {device}" in result.stdout
+    assert "epoch 30/30 loss" in result.stdout
 
-    result = json.loads((output / RESULT_FILE).read_text())
-    assert result["artifact_uri"] == str(output / "model.joblib")
-    assert result["data_version"] == file_sha256(features_path)
-    assert (result["trainer"], result["hyperparameters"], result["seed"]) == (
-        "torch_mlp", hyperparameters, 0,
-    )  # fmt: skip
-    assert result["feature_columns"] == list(DIGIT_PIXEL_COLUMNS)
-    assert result["rows_train"] + result["rows_holdout"] == 1797
-    assert result["rows_holdout"] == int((features["split"] == "holdout").sum())
-    assert result["metrics"]["train_roc_auc"] > 0.99
+    report = result.report
+    assert report.exception is None and report.device == device
+    epochs = [entry for entry in report.history if "train_loss" in entry]
+    assert [entry["step"] for entry in epochs] == list(range(1, 31))
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 3
+    assert report.progress == 1.0
 
-    model = load_model(result["artifact_uri"])
+    metadata = result.metadata
+    assert report.materialization is not None
+    assert report.materialization["data_version"] == file_sha256(features_path)
+    assert metadata["artifact"] == MODEL_FILE and metadata["device"] == device
+    assert metadata["trainer"] == "ml_assets.training.builtin:torch_mlp"
+    assert metadata["rows_train"] + metadata["rows_holdout"] == 1797
+    assert metadata["rows_holdout"] == int((features["split"] == "holdout").sum())
+    assert metadata["roc_auc"] > 0.99
+
+    model = load_model(output / MODEL_FILE)
     assert isinstance(model.estimator, TorchMLPClassifier)
+    assert model.feature_columns == DIGIT_PIXEL_COLUMNS
     assert model.estimator.device_ == device
     holdout = features[features["split"] == "holdout"]
-    metrics = evaluate(holdout["label"], predict_scores(model, holdout)).metrics
-    assert check_thresholds(metrics, DIGITS["evaluation"]["thresholds"]) == []
+    metrics = evaluate("binary", holdout["label"], predict_scores(model, holdout)).metrics
+    assert check_thresholds(metrics, THRESHOLDS) == []

@@ -19,9 +19,10 @@ def fit(train: pd.DataFrame, hyperparameters: dict[str, Any], context: Any) -> A
     epochs = int(hyperparameters.get("epochs", 40))
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    x = train[list(context.feature_columns)].to_numpy(dtype=np.float64)
+    x = train[list(context.feature_columns)]
     y = train[context.label_column].to_numpy()
     classes = np.asarray(context.classes)
+    # Fitted on the frame, so the pipeline checks column names when it predicts later.
     scaler = StandardScaler().fit(x)
     scaled = scaler.transform(x)
     model = SGDClassifier(

@@ -1,0 +1,7 @@
+"""The screening team's code location."""
+
+from pathlib import Path
+
+from ml_assets.teams.location import team_definitions
+
+defs = team_definitions(Path(__file__).with_name("team.yaml"))
