@@ -88,8 +88,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
 
     Fitted attributes: ``classes_`` (``[0, 1]``), ``n_features_in_``, ``device_`` (the device
     it trained on, with the GPU's name), ``loss_curve_`` (mean training loss per epoch),
-    ``input_mean_`` and ``input_scale_``, and ``coefs_`` / ``intercepts_``: float32 numpy arrays per layer, weights
-    shaped ``(inputs, outputs)``. No torch object is kept.
+    ``input_mean_`` and ``input_scale_``, and ``coefs_`` / ``intercepts_``: float32 numpy
+    arrays per layer, weights shaped ``(inputs, outputs)``. No torch object is kept.
     """
 
     def __init__(
