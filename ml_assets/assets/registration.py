@@ -81,6 +81,7 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
                     model_name=keys.registry_name,
                     artifact_path=str(artifact_path),
                     job_id=str(trained["job_id"]),
+                    flavour=str(trained.get("flavour") or "file"),
                     metrics={f"holdout_{k}": float(evaluation[k]) for k in metric_names},
                     params=dict(trained["hyperparameters"]),
                     lineage=lineage,

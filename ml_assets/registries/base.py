@@ -21,6 +21,11 @@ class RegistrationRequest(BaseModel):
     model_name: str
     artifact_path: str
     job_id: str
+    flavour: str = Field(
+        "joblib",
+        description="What the artifact is: joblib (a bundle the runner saved), file, or folder "
+        "(a tar of it); a non-joblib artifact is scored through the team's predict function.",
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)

@@ -134,6 +134,7 @@ class MlflowRegistry:
         import mlflow
         import mlflow.sklearn
         import sklearn
+        import sklearn.base
 
         existing = self._by_job(request.model_name, request.job_id)
         if existing is not None:
@@ -141,7 +142,7 @@ class MlflowRegistry:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         experiment_id = self._experiment(request.model_name)
-        bundle = joblib.load(request.artifact_path)
+        bundle = joblib.load(request.artifact_path) if request.flavour == "joblib" else None
         lineage = {**request.lineage, "params": request.params}
         version_tags = {
             JOB_ID_TAG: request.job_id,
@@ -152,12 +153,18 @@ class MlflowRegistry:
             mlflow.log_params({k: str(v)[:500] for k, v in request.params.items()})
             mlflow.log_metrics(request.metrics)
             mlflow.set_tags({JOB_ID_TAG: request.job_id})
-            # Naming the requirement skips MLflow's slow inference of it in a subprocess.
-            mlflow.sklearn.log_model(
-                bundle["estimator"],
-                name="model",
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
-            )
+            if bundle is not None and isinstance(
+                bundle.get("estimator"), sklearn.base.BaseEstimator
+            ):
+                # Naming the requirement skips MLflow's slow inference of it in a subprocess.
+                mlflow.sklearn.log_model(
+                    bundle["estimator"],
+                    name="model",
+                    pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+                )
+            else:
+                # Not an sklearn model: the artifact itself, scored by the team's predict.
+                mlflow.log_artifact(request.artifact_path, artifact_path="model")
             mlflow.log_artifact(request.artifact_path, artifact_path="ml_assets")
             run_id = run.info.run_id
         client = self._client()

@@ -100,3 +100,16 @@ def test_annotations_merge_and_read_back(
     notes = registry.get_version(model_name, version).notes  # type: ignore[union-attr]
     assert notes == {"promotion": {"decision": "rolled_back"}, "serving": {"ready": True}}
     assert registry.list_versions(model_name)[0].notes == notes
+
+
+def test_an_artifact_that_is_not_a_joblib_bundle_is_stored_as_it_is(
+    registry: ModelRegistry, tmp_path: Path, model_name: str
+) -> None:
+    """A team's own artifact (here numpy weights) registers in every registry; MLflow logs it as
+    a plain artifact instead of unpickling it as a scikit-learn model."""
+    weights = tmp_path / "model.npz"
+    weights.write_bytes(b"PK\x03\x04 not a pickle, a team's own format")
+    request = _request(model_name, weights, "job-npz", 0.9).model_copy(update={"flavour": "file"})
+    version = registry.register(request)
+    assert version.job_id == "job-npz"
+    assert registry.get_version(model_name, version.version) is not None
