@@ -256,6 +256,21 @@ def test_read_parquet_joins_row_groups_and_reads_empty_files(tmp_path: Path) -> 
     assert tables.read_parquet(tmp_path / "empty.parquet").equals(empty)
 
 
+def test_reads_allocate_from_the_given_pool(tmp_path: Path) -> None:
+    # read_parquet relies on pyarrow's non-public ParquetReader taking a memory pool; if a
+    # pyarrow upgrade breaks that, it silently falls back to the default pool, and this fails.
+    # The pool must outlive every buffer taken from it, so it is one of pyarrow's static
+    # pools (a proxy pool collected before the table would crash the interpreter).
+    pq.write_table(_frame(10_000), tmp_path / "t.parquet")
+    pool = pa.system_memory_pool()
+    before = pool.bytes_allocated()
+    reader = tables._parquet_reader(str(tmp_path / "t.parquet"), pool)
+    group = reader.read_row_group(0)
+    reader.close()
+    assert group.num_rows == 10_000
+    assert pool.bytes_allocated() - before > group.nbytes // 2
+
+
 def test_schema_of_lists_names_and_arrow_types() -> None:
     table = tables.with_split(_frame(10), "row_id", 0.2, 0)
     expected = [
