@@ -12,7 +12,10 @@ peak RSS is its own:
 Wall time runs from just before the read to just after the write (imports happen before
 it, in both); peak RSS is the child's VmHWM, all of it, imports included. Each figure is the
 median of ``--repeat`` runs, baseline and library alternating. The budget is 1.5x the
-baseline for both. Usage: ``python bench/table_io.py [--rows 10000000] [--repeat 3]``.
+baseline for both; the script exits 1 when either ratio is over it. Wall times swing with
+whatever else runs on the machine (polars uses every core, pyarrow's writer one), so the
+1-minute load average is printed with the results; compare runs on a quiet machine.
+Usage: ``python bench/table_io.py [--rows 10000000] [--repeat 3]``.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def to_arrow(table: Any, where: str) -> pa.Table:
     if isinstance(table, pa.RecordBatchReader):
         return table.read_all()
     # A pandas DataFrame can only exist if pandas is already imported: checking sys.modules
-    # avoids importing pandas (about a second) for every polars or Arrow table.
+    # avoids importing pandas (a few tenths of a second) for every polars or Arrow table.
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(table, pandas.DataFrame):
         return pa.Table.from_pandas(table, preserve_index=False)

@@ -139,3 +139,58 @@ def test_the_same_pipeline_trains_on_each_backend(
         assert production.lineage["training"]["backend"] == backend
         assert production.metrics["holdout_roc_auc"] > 0.95
         assert production.notes["serving"]["ready"] is True
+
+
+SCREENING = CLINICAL.parents[1] / "screening"
+
+
+def test_a_team_script_in_its_own_image_trains_on_kubernetes(
+    instance: dg.DagsterInstance, ml_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The screening team's standalone dagster-pipes script (no ml_assets inside) runs as the
+    container command of a Kubernetes Job, unstaged, with the team's image; the reconciler
+    reads its Pipes messages from the shared volume and the chain reaches production."""
+    keys = ModelKeys("screening", "malignancy_screen")
+    with kubernetes(tmp_path, monkeypatch) as settings:
+        spec = yaml.safe_load((SCREENING / "team.yaml").read_text())
+        spec["allowed_backends"] = ["local", "kubernetes"]
+        spec["backends"] = {"kubernetes": settings}
+        model = spec["models"]["malignancy_screen"]
+        model["backend"] = "kubernetes"
+        # The image's WORKDIR holds train.py; the fake runs the command on this machine.
+        model["trainer"]["working_dir"] = str(SCREENING)
+        spec_path = tmp_path / "team.yaml"
+        spec_path.write_text(yaml.safe_dump(spec))
+        defs = team_definitions(spec_path)
+        assert (
+            platform_defs.resolve_implicit_global_asset_job_def()
+            .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
+            .success
+        )
+        job = defs.resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(
+            instance=instance, asset_selection=[keys.dataset, keys.features, keys.trained]
+        ).success
+        reconciler = SensorDriver(
+            instance, defs.resolve_sensor_def("screening_training_reconciler")
+        )
+        reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 240)
+        trained = instance.get_latest_materialization_event(keys.trained)
+        assert trained is not None and trained.asset_materialization is not None
+        metadata = {k: v.value for k, v in trained.asset_materialization.metadata.items()}
+        assert metadata["backend"] == "kubernetes"
+        assert str(metadata["artifact"]).startswith(str(settings["storage_root"]))
+        assert str(metadata["artifact"]).endswith("model.npz")
+        assert metadata["trainer"] == "python train.py"
+        assert float(metadata["train/roc_auc"]) > 0.95  # type: ignore[arg-type]
+
+        chain = job.execute_in_process(
+            instance=instance,
+            asset_selection=[keys.evaluation, keys.registered, keys.promoted, keys.serving],
+        )
+        assert chain.success
+        production = registry_for(load_team_spec(spec_path), instance).get_by_alias(
+            keys.registry_name, PRODUCTION
+        )
+        assert production is not None
+        assert production.lineage["training"]["backend"] == "kubernetes"

@@ -19,7 +19,7 @@ from ml_assets.assets.common import (
     code_version,
     latest_metadata,
 )
-from ml_assets.backends.base import JobHandle, JobSpec, idempotency_key, job_name_for
+from ml_assets.backends.base import Backend, JobHandle, JobSpec, idempotency_key, job_name_for
 from ml_assets.teams.spec import TrainerSpec
 from ml_assets.training.builtin import BUILTIN_TRAINERS
 from ml_assets.training.messages import messages_params, pipes_context, pipes_env
@@ -104,6 +104,14 @@ def for_attempt(spec: JobSpec, *, run_id: str, attempt: int) -> JobSpec:
     return spec.model_copy(update={"idempotency_key": key, "output_uri": output, "env": env})
 
 
+def submit(backend: Backend, spec: JobSpec) -> JobHandle:
+    """Submit ``spec``, its output folder made first when it is a path: a team's script writes
+    its messages and artifact there itself, and a shared volume has no folder for a new job."""
+    if transport.is_local(spec.output_uri):
+        transport.local_path(spec.output_uri).mkdir(parents=True, exist_ok=True)
+    return backend.submit(spec)
+
+
 def stage_features(features_path: str, data_version: str, storage_root: str | None) -> str:
     """Where the job reads its features: the local file, or a copy in the backend's storage.
 
@@ -185,7 +193,7 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             storage_root=storage_root,
         )
         backend = model.team.load_backend(spec.backend)
-        handle = backend.submit(job_spec)
+        handle = submit(backend, job_spec)
         try:
             context.log.info(
                 f"submitted {handle.job_id} to {handle.backend}; this step ends now and the "

@@ -32,7 +32,13 @@ from pydantic import BaseModel, Field
 
 from ml_assets import transport
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import SUBMITTED, for_attempt, job_extras, submission_event
+from ml_assets.assets.training import (
+    SUBMITTED,
+    for_attempt,
+    job_extras,
+    submission_event,
+    submit,
+)
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.teams.spec import TeamSpec
 from ml_assets.training.messages import (
@@ -356,7 +362,7 @@ class Reconciler:
         attempt = job.attempt + 1
         spec = for_attempt(job.spec, run_id=job.run_id, attempt=attempt)
         try:
-            handle = backend.submit(spec)
+            handle = submit(backend, spec)
         except Exception as exc:
             self._finish(
                 outcome,
