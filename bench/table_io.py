@@ -30,20 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ml_assets.platform_data.sources import MERCHANT_CATEGORIES
+
 BUDGET = 1.5
 GENERATE_CHUNK_ROWS = 1_000_000
-CATEGORIES = (
-    "grocery",
-    "restaurants",
-    "fuel",
-    "online_retail",
-    "travel",
-    "electronics",
-    "entertainment",
-    "health",
-    "utilities",
-    "jewelry",
-)
 
 
 def generate(path: str, rows: int) -> None:
@@ -52,7 +42,7 @@ def generate(path: str, rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    categories = pa.array(CATEGORIES, type=pa.string())
+    categories = pa.array(MERCHANT_CATEGORIES, type=pa.string())
     writer = None
     for start in range(0, rows, GENERATE_CHUNK_ROWS):
         size = min(GENERATE_CHUNK_ROWS, rows - start)
@@ -76,7 +66,7 @@ def generate(path: str, rows: int) -> None:
             "log_amount_vs_customer_median": rng.normal(0.0, 0.7, size).astype(np.float32),
         }
         arrays = {name: pa.array(values) for name, values in columns.items()}
-        codes = pa.array(rng.integers(0, len(CATEGORIES), size).astype(np.int32))
+        codes = pa.array(rng.integers(0, len(MERCHANT_CATEGORIES), size).astype(np.int32))
         arrays["merchant_category"] = pa.DictionaryArray.from_arrays(codes, categories).cast(
             pa.string()
         )

@@ -17,7 +17,7 @@ scheme      client                                       configured by
                                                          SDK's auth methods)
 ==========  ===========================================  ====================================
 
-The reconciling sensor reads a job's ``result.json`` with ``read_json(uri)`` whichever backend
+The reconciling sensor reads a job's Pipes messages with ``read_bytes(uri)`` whichever backend
 ran it, and ``ml_assets.training.stage`` uploads a job's output with ``upload_dir``. Each SDK is
 imported only when its scheme is used.
 """
@@ -321,7 +321,7 @@ def sibling(uri: str, name: str) -> str:
 def upload_dir(directory: Path, uri: str, last: Iterable[str] = ()) -> list[str]:
     """Copy every file under ``directory`` to ``uri``; names in ``last`` go after the rest.
 
-    Writing ``result.json`` last makes its presence mean that everything before it is there.
+    Writing ``messages.jsonl`` last means whatever a message names is already there.
     Returns the URIs written, in order.
     """
     store = store_for(uri)

@@ -78,6 +78,20 @@ def databricks(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
         yield fake.backend_settings(storage_root="dbfs:/ml_assets/clinical", sync_seconds=0.5)
 
 
+def location_with_raw_data(
+    spec: dict[str, Any], tmp_path: Path, instance: dg.DagsterInstance
+) -> tuple[Path, dg.Definitions]:
+    """The team location of ``spec`` written as a YAML file, with the raw table it reads built."""
+    spec_path = tmp_path / "team.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert (
+        platform_defs.resolve_implicit_global_asset_job_def()
+        .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
+        .success
+    )
+    return spec_path, team_definitions(spec_path)
+
+
 BACKENDS: dict[str, Callable[..., contextlib.AbstractContextManager[dict[str, Any]]]] = {
     "databricks": databricks,
     "kubernetes": kubernetes,
@@ -101,14 +115,7 @@ def test_the_same_pipeline_trains_on_each_backend(
         spec["allowed_backends"] = ["local", backend]
         spec["backends"] = {backend: settings}
         spec["models"]["tumor_classifier"]["backend"] = backend
-        spec_path = tmp_path / "team.yaml"
-        spec_path.write_text(yaml.safe_dump(spec))
-        defs = team_definitions(spec_path)
-        assert (
-            platform_defs.resolve_implicit_global_asset_job_def()
-            .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
-            .success
-        )
+        spec_path, defs = location_with_raw_data(spec, tmp_path, instance)
         job = defs.resolve_implicit_global_asset_job_def()
 
         submitted = job.execute_in_process(
@@ -159,14 +166,7 @@ def test_a_team_script_in_its_own_image_trains_on_kubernetes(
         model["backend"] = "kubernetes"
         # The image's WORKDIR holds train.py; the fake runs the command on this machine.
         model["trainer"]["working_dir"] = str(SCREENING)
-        spec_path = tmp_path / "team.yaml"
-        spec_path.write_text(yaml.safe_dump(spec))
-        defs = team_definitions(spec_path)
-        assert (
-            platform_defs.resolve_implicit_global_asset_job_def()
-            .execute_in_process(instance=instance, asset_selection=[raw_key("breast_cancer")])
-            .success
-        )
+        spec_path, defs = location_with_raw_data(spec, tmp_path, instance)
         job = defs.resolve_implicit_global_asset_job_def()
         assert job.execute_in_process(
             instance=instance, asset_selection=[keys.dataset, keys.features, keys.trained]

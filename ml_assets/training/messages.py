@@ -208,18 +208,8 @@ def _read_file(uri: str, cursor: int, final: bool) -> MessageBatch:
     messages: list[dict[str, Any]] = []
     problems: list[str] = []
     end = data.rfind(b"\n", cursor) + 1  # just past the last complete line, or 0 if none
-    position = cursor
     if end > cursor:
-        for line in data[cursor:end].split(b"\n")[:-1]:
-            offset = position
-            position += len(line) + 1
-            if not line.strip():
-                continue
-            message, problem, _ = _parse_message(line)
-            if message is not None:
-                messages.append(message)
-            else:
-                problems.append(f"{uri}: byte {offset}: {problem}, skipped: {_snippet(line)}")
+        messages, problems, _ = _parse_lines(data[cursor : end - 1], f"{uri}: ", cursor)
     else:
         end = cursor
     rest = data[end:]
@@ -231,6 +221,29 @@ def _read_file(uri: str, cursor: int, final: bool) -> MessageBatch:
             )
         end = len(data)
     return MessageBatch(messages, end, problems)
+
+
+def _parse_lines(
+    data: bytes, where: str, base: int = 0
+) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """The Pipes messages of newline-separated ``data``; a problem per line that is not one
+    (``where`` names the object; offsets count from ``base``); and whether a line was not JSON."""
+    messages: list[dict[str, Any]] = []
+    problems: list[str] = []
+    not_json = False
+    position = base
+    for line in data.split(b"\n"):
+        offset = position
+        position += len(line) + 1
+        if not line.strip():
+            continue
+        message, problem, json_error = _parse_message(line)
+        if message is not None:
+            messages.append(message)
+        else:
+            not_json = not_json or json_error
+            problems.append(f"{where}byte {offset}: {problem}, skipped: {_snippet(line)}")
+    return messages, problems, not_json
 
 
 def _chunk_uri(uri: str, index: int) -> str:
@@ -246,23 +259,9 @@ def _read_chunks(uri: str, cursor: int, final: bool) -> MessageBatch:
         data = _missing_is_empty(chunk_uri)
         if data is None:
             break
-        parsed: list[dict[str, Any]] = []
-        chunk_problems: list[str] = []
-        broken = not data.strip()  # an empty chunk is one being written on a file-system store
-        position = 0
-        for line in data.split(b"\n"):
-            offset = position
-            position += len(line) + 1
-            if not line.strip():
-                continue
-            message, problem, json_error = _parse_message(line)
-            if message is not None:
-                parsed.append(message)
-            else:
-                broken = broken or json_error
-                chunk_problems.append(
-                    f"{uri}: chunk {index + 1}, byte {offset}: {problem}, skipped: {_snippet(line)}"
-                )
+        parsed, chunk_problems, not_json = _parse_lines(data, f"{uri}: chunk {index + 1}, ")
+        # An empty chunk is one being written on a file-system store.
+        broken = not data.strip() or not_json
         if broken and not (final or transport.exists(_chunk_uri(uri, index + 2))):
             break  # maybe still being written: read it again next time
         if broken and not data.strip():
