@@ -29,6 +29,7 @@ CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
 TRAINING_LOGIC_VERSION = "2"
 RUNNER = ["python", "-m", "ml_assets.training.runner"]
 SUBMITTED = "submitted"
+TRAINING_CHECK = "training_succeeded"
 
 
 def build_job_spec(
@@ -165,19 +166,41 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
     """The ``<model>`` asset: submit the training job; the sensor materializes it later."""
     spec, keys = model.spec, model.keys
 
-    @dg.asset(
-        key=keys.trained,
-        deps=[keys.features],
-        output_required=False,
-        description=(
-            f"{spec.description or model.name} — {spec.task} model trained by "
-            f"{spec.trainer.label} on the "
-            f"{spec.backend} backend. Materialized by the {model.team.team}_training_reconciler "
-            "sensor when the job finishes."
-        ),
-        code_version=code_version(TRAINING_LOGIC_VERSION, spec.trainer.model_dump()),
+    settings = model.asset_settings(_trainer_kind(spec.trainer), spec.backend)
+
+    # A multi-asset so the step may end without the model or its check: the reconciler
+    # records both when the job finishes (a skippable output, a check the step does not run).
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                keys.trained,
+                deps=[keys.features],
+                skippable=True,
+                description=(
+                    f"{spec.description or model.name} — {spec.task} model trained by "
+                    f"{spec.trainer.label} on the {spec.backend} backend. Materialized by the "
+                    f"{model.team.team}_training_reconciler sensor when the job finishes."
+                ),
+                code_version=code_version(TRAINING_LOGIC_VERSION, spec.trainer.model_dump()),
+                group_name=settings["group_name"],
+                owners=settings["owners"],
+                tags=settings["tags"],
+                kinds=settings["kinds"],
+            )
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                TRAINING_CHECK,
+                asset=keys.trained,
+                description="The latest training job that ended produced a model. The "
+                "reconciler records it; a failure that retries did not fix turns it red, with "
+                "the message, the log tail and the attempts, and the next good job turns it "
+                "green.",
+            )
+        ],
+        can_subset=True,
+        name=keys.trained.to_python_identifier(),
         pool="gpu" if spec.resources.gpu_count else None,
-        **model.asset_settings(_trainer_kind(spec.trainer), spec.backend),
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
         features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)
@@ -195,11 +218,14 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
         backend = model.team.load_backend(spec.backend)
         handle = submit(backend, job_spec)
         try:
-            context.log.info(
-                f"submitted {handle.job_id} to {handle.backend}; this step ends now and the "
-                f"{model.team.team}_training_reconciler sensor records the model when it finishes"
+            handed = (
+                f"Training job {handle.job_id} was submitted to {handle.backend} and handed to "
+                f"the {model.team.team}_training_reconciler sensor. The steps after this one "
+                "are skipped in this run, not stopped: evaluation, registration and the rest run "
+                "automatically when the sensor records the model."
             )
-            yield submission_event(
+            context.log.info(handed)
+            event = submission_event(
                 model,
                 handle,
                 job_spec,
@@ -207,6 +233,15 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
                 attempt=1,
                 code_version=context.assets_def.code_versions_by_key.get(keys.trained),
                 features_storage_id=features["__storage_id__"],
+            )
+            yield dg.AssetObservation(
+                asset_key=event.asset_key,
+                description=handed,
+                metadata={
+                    **event.metadata,
+                    "handed_to": f"{model.team.team}_training_reconciler",
+                },
+                tags=event.tags,
             )
         except BaseException:
             # The run was terminated while recording the job: leave nothing running untracked.

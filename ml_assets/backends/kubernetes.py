@@ -33,13 +33,15 @@ the team's YAML, e.g. ``{nvidia-a100-80gb: {nvidia.com/gpu.product: NVIDIA-A100-
 replaces the default table.
 
 Polling lists the jobs of each (namespace, team) with one paginated ``list_namespaced_job`` by
-label selector. A ``Complete`` Job succeeded (``result_uri`` = its ``output_uri``: its Pipes
-messages there say what it produced), a ``Failed`` one failed. A job that is no longer listed
-was cancelled if ``cancel`` left a ``cancelled.json`` marker in its output (the marker is the
-durable record, readable from any process); else it failed if it left a staged
-``failure.json``; else, if it left any output (``job.log`` or Pipes messages), it ran and was
-removed after it ended (``ttlSecondsAfterFinished``) and is reported succeeded, its messages
-deciding; else it failed. Logs come from the job's pod, or the staged
+label selector, read as raw JSON (``_preload_content=False``) of which only the few fields the
+state needs are kept: building the client's model classes for every Job, manifest and all, was
+most of a poll's time at thousands of jobs. A ``Complete`` Job succeeded (``result_uri`` = its
+``output_uri``: its Pipes messages there say what it produced), a ``Failed`` one failed. A job
+that is no longer listed was cancelled if ``cancel`` left a ``cancelled.json`` marker in its
+output (the marker is the durable record, readable from any process); else it failed if it left
+a staged ``failure.json``; else, if it left any output (``job.log`` or Pipes messages), it ran
+and was removed after it ended (``ttlSecondsAfterFinished``) and is reported succeeded, its
+messages deciding; else it failed. Logs come from the job's pod, or the staged
 ``job.log`` once the pod is gone. The client's urllib3 retries (``Configuration.retries``) absorb
 429, 5xx and dropped connections for every verb, POST included: a retried create answered
 ``409`` is taken as success.
@@ -49,8 +51,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -412,6 +418,41 @@ def _finished_condition(job: Any) -> Any | None:
     return None
 
 
+@dataclass(frozen=True)
+class ListedJob:
+    """What a poll keeps of one listed Job: the few fields its state is decided from.
+
+    ``finished`` is the ``(type, reason, message)`` of its ``Complete`` or ``Failed`` condition
+    once it has ended; ``ready`` is ``None`` where the API server does not report it.
+    """
+
+    name: str
+    owner: str | None
+    finished: tuple[str, str, str] | None
+    active: int
+    ready: int | None
+
+
+def listed_job(item: Mapping[str, Any]) -> ListedJob:
+    """The ``ListedJob`` of one item of a raw ``JobList`` (plain JSON, no client models)."""
+    metadata = item.get("metadata") or {}
+    status = item.get("status") or {}
+    owner = (metadata.get("annotations") or {}).get(KEY_ANNOTATION)
+    finished = None
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            kind, reason, message = (condition.get(f) for f in ("type", "reason", "message"))
+            finished = (str(kind), str(reason or ""), str(message or ""))
+            break
+    return ListedJob(
+        name=str(metadata.get("name") or ""),
+        owner=str(owner) if owner is not None else None,
+        finished=finished,
+        active=int(status.get("active") or 0),
+        ready=None if status.get("ready") is None else int(status["ready"]),
+    )
+
+
 class KubernetesBackend:
     """Runs each training job as a Kubernetes ``batch/v1`` Job; see the module docstring."""
 
@@ -495,53 +536,73 @@ class KubernetesBackend:
                 statuses[handle.job_id] = self._status(handle, jobs.get(handle.job_id))
         return statuses
 
-    def _list_jobs(self, namespace: str, team: str, wanted: set[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
+    def _list_jobs(self, namespace: str, team: str, wanted: set[str]) -> dict[str, ListedJob]:
+        found: dict[str, ListedJob] = {}
         token: str | None = None
         while True:
-            page = self._batch.list_namespaced_job(
-                namespace,
-                label_selector=team_selector(team),
-                limit=self.settings.page_size,
-                _continue=token,
-                _request_timeout=self._timeout,
-            )
-            for job in page.items:
-                if job.metadata.name in wanted:
-                    found[job.metadata.name] = job
-            token = page.metadata._continue if page.metadata else None
+            page = self._list_page(namespace, team_selector(team), token)
+            for item in page.get("items") or []:
+                if (item.get("metadata") or {}).get("name") in wanted:
+                    job = listed_job(item)
+                    found[job.name] = job
+            token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return found
 
-    def _status(self, handle: JobHandle, job: Any | None) -> JobStatus:
+    def _list_page(self, namespace: str, selector: str, token: str | None) -> dict[str, Any]:
+        """One page of the job list as plain JSON.
+
+        The client's urllib3 retries cover the call up to its answer's status line; reading
+        the body is then ours, so a body that breaks off is retried here the same way (a
+        preloaded answer would have been retried inside urllib3).
+        """
+        from urllib3.exceptions import HTTPError
+
+        attempt = 0
+        while True:
+            response = self._batch.list_namespaced_job(
+                namespace,
+                label_selector=selector,
+                limit=self.settings.page_size,
+                _continue=token,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            try:
+                page: dict[str, Any] = json.loads(response.data)
+                return page
+            except HTTPError:
+                if attempt >= self.settings.max_retries:
+                    raise
+            finally:
+                response.release_conn()
+            time.sleep(min(30.0, self.settings.retry_backoff_seconds * 2**attempt))
+            attempt += 1
+
+    def _status(self, handle: JobHandle, job: ListedJob | None) -> JobStatus:
         if job is None:
             return self._missing_status(handle)
-        owner = _annotation(job, KEY_ANNOTATION)
-        if owner != handle.idempotency_key:
+        if job.owner != handle.idempotency_key:
             return JobStatus(
                 job_id=handle.job_id,
                 state=JobState.FAILED,
-                message=f"job {handle.job_id} now belongs to idempotency key {owner!r}",
+                message=f"job {handle.job_id} now belongs to idempotency key {job.owner!r}",
             )
-        condition = _finished_condition(job)
-        if condition is not None and condition.type == "Complete":
+        if job.finished is not None and job.finished[0] == "Complete":
             return remote.finished_status(handle.job_id, JobState.SUCCEEDED, handle.output_uri)
-        if condition is not None:
-            reason = ": ".join(part for part in (condition.reason, condition.message) if part)
+        if job.finished is not None:
+            reason = ": ".join(part for part in job.finished[1:] if part)
             return remote.finished_status(
                 handle.job_id,
                 JobState.FAILED,
                 handle.output_uri,
                 f"Kubernetes job failed ({reason or 'no reason given'})",
             )
-        status = job.status
-        active = (status and status.active) or 0
-        ready = status.ready if status else None
-        if active and (ready is None or ready > 0):
+        if job.active and (job.ready is None or job.ready > 0):
             return JobStatus(job_id=handle.job_id, state=JobState.RUNNING)
         message = (
             "waiting for its pod to be scheduled and started"
-            if active
+            if job.active
             else "waiting for the job controller to create its pod"
         )
         return JobStatus(job_id=handle.job_id, state=JobState.QUEUED, message=message)

@@ -34,6 +34,7 @@ from ml_assets import transport
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import (
     SUBMITTED,
+    TRAINING_CHECK,
     for_attempt,
     job_extras,
     submission_event,
@@ -63,30 +64,58 @@ RECENT_LOG_LINES = 15
 NOT_METRICS = frozenset({"rows_train", "rows_holdout", "duration_seconds", "step", "epochs"})
 PAGE = 500
 SETTLE_SECONDS = 30.0
+# A tick's budget. The daemon stores events one at a time (20-40 ms each), so 300 events keep a
+# tick's storing under ~12 s, and a burst of finished jobs drains at that rate, oldest first.
+MAX_EVENTS = 300
+# Jobs whose Pipes messages a tick reads for progress, least recently shown first.
+MAX_PROGRESS_READS = 200
+# A running job's progress is shown at most this often (a state change always shows).
+PROGRESS_SECONDS = 15.0
+# Errors a job raises that running it again cannot fix: recorded as failed, never retried.
+NOT_RETRYABLE = frozenset(
+    {
+        "ImportError",
+        "ModuleNotFoundError",
+        "AttributeError",
+        "NameError",
+        "SyntaxError",
+        "TypeError",
+        "ValueError",
+        "KeyError",
+        "InvalidParameterError",
+        "NotImplementedError",
+        "DagsterPipesError",
+    }
+)
 logger = logging.getLogger(__name__)
 
 
 class InFlight(BaseModel):
-    """One job the sensor is waiting on, as recorded by its submission observation."""
+    """One job the sensor is waiting on: what a tick needs, and no more.
+
+    The job's full spec stays in its submission record in the event log (``submission`` is
+    that record's storage id); a tick reads it only for the few jobs it finishes or retries.
+    """
 
     model: str
     handle: JobHandle
-    spec: JobSpec
+    submission: int = 0
     run_id: str
     attempt: int
+    staged: bool = True
     code_version: str = ""
     features_storage_id: int | None = None
-    features_uri: str = ""
     cancel_requested: bool = False
-    last_seen: str = ""
+    cancel_sent: bool = False
+    state: str = ""
     messages_cursor: int = 0
     device: str = ""
+    progress_at: float = 0.0
 
 
 class ReconcilerCursor(BaseModel):
-    """The sensor's cursor: a watermark into the event log plus the jobs in flight.
-
-    Both are derivable from the event log alone; the cursor only saves re-reading it.
+    """The sensor's cursor: a watermark into the event log plus compact state per job in
+    flight. Both are derivable from the event log alone; the cursor only saves re-reading it.
     """
 
     after: int = 0
@@ -107,9 +136,14 @@ class ReconcilerCursor(BaseModel):
 class TickOutcome:
     """What one reconciliation produced: events to store, the next cursor, and a log."""
 
-    events: list[dg.AssetMaterialization | dg.AssetObservation] = field(default_factory=list)
+    events: list[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation] = field(
+        default_factory=list
+    )
     cursor: ReconcilerCursor = field(default_factory=ReconcilerCursor)
     log: list[str] = field(default_factory=list)
+    # The last finished outcome per model this tick: (passed, description, details).
+    verdicts: dict[str, tuple[bool, str, dict[str, Any]]] = field(default_factory=dict)
+    deferred: int = 0
 
 
 def fold_events(
@@ -155,13 +189,16 @@ def _fold(record: dg.EventLogRecord, inflight: dict[str, InFlight]) -> None:
         inflight[job_id] = InFlight(
             model=event.asset_key.path[-1],
             handle=JobHandle.model_validate(job["handle"]),
-            spec=JobSpec.model_validate(job["spec"]),
+            submission=record.storage_id,
             run_id=job["run_id"],
             attempt=job["attempt"],
+            staged=bool(job["spec"].get("staged", True)),
             code_version=job.get("code_version", ""),
             features_storage_id=job.get("features_storage_id"),
-            features_uri=job.get("features_uri", ""),
         )
+    elif kind == SUBMITTED and not inflight[job_id].submission:
+        # A retry this sensor submitted itself: now its record's place in the log is known.
+        inflight[job_id] = inflight[job_id].model_copy(update={"submission": record.storage_id})
     elif kind == CANCEL_REQUESTED and job_id in inflight:
         inflight[job_id] = inflight[job_id].model_copy(update={"cancel_requested": True})
     elif kind in TERMINAL_EVENTS:
@@ -186,9 +223,20 @@ def _records(fetch: Any, key: dg.AssetKey, after: int) -> Iterable[dg.EventLogRe
 class Reconciler:
     """Reconciles one team's training jobs; the sensor is a thin wrapper around ``tick``."""
 
-    def __init__(self, team: TeamSpec, backends: dict[str, Backend] | None = None) -> None:
+    def __init__(
+        self,
+        team: TeamSpec,
+        backends: dict[str, Backend] | None = None,
+        *,
+        max_events: int = MAX_EVENTS,
+        max_progress_reads: int = MAX_PROGRESS_READS,
+        progress_seconds: float = PROGRESS_SECONDS,
+    ) -> None:
         self.team = team
         self._backends = dict(backends or {})
+        self.max_events = max_events
+        self.max_progress_reads = max_progress_reads
+        self.progress_seconds = progress_seconds
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
@@ -196,21 +244,100 @@ class Reconciler:
         return self._backends[name]
 
     def tick(self, instance: dg.DagsterInstance, raw_cursor: str | None) -> TickOutcome:
+        """One reconciliation, bounded: at most ``max_events`` events (finished jobs first,
+        oldest first; the rest wait for the next tick) and at most ``max_progress_reads`` jobs'
+        messages read for progress."""
         cursor = fold_events(instance, self.team, ReconcilerCursor.parse(raw_cursor))
         outcome = TickOutcome(cursor=cursor)
         if not cursor.inflight:
             return outcome
+        self._instance = instance
+        self._specs: dict[int, JobSpec] = {}
         statuses = self._poll(cursor.inflight, outcome)
         cancelled_runs = self._cancelled_runs(instance, cursor.inflight.values())
-        for job_id, job in list(cursor.inflight.items()):
+        ending: list[tuple[InFlight, JobStatus]] = []
+        running: list[tuple[InFlight, JobStatus]] = []
+        for job_id, job in cursor.inflight.items():
             status = statuses.get(job_id)
             if status is None:
                 continue
-            try:
-                self._advance(job, status, cancelled_runs, outcome)
-            except Exception as exc:  # one broken job must not stop the others
-                outcome.log.append(f"{job_id}: could not be reconciled this tick: {exc!r}")
+            if job.run_id in cancelled_runs and not job.cancel_requested:
+                job = job.model_copy(update={"cancel_requested": True})
+            acting = status.state.is_terminal or job.cancel_requested
+            (ending if acting or job.model not in self.team.models else running).append(
+                (job, status)
+            )
+        # Room is kept for one training check per model (see _record_verdicts).
+        finishing_budget = max(1, self.max_events - len(self.team.models))
+        for job, status in sorted(ending, key=lambda pair: pair[0].submission):
+            if len(outcome.events) >= finishing_budget:
+                outcome.deferred += 1
+                continue
+            self._safely(self._advance, job, status, outcome)
+        if outcome.deferred:
+            outcome.log.append(
+                f"{outcome.deferred} finished job(s) wait for the next tick "
+                f"(at most {self.max_events} events a tick)"
+            )
+        self._record_verdicts(instance, outcome)
+        now = time.time()
+        due = [
+            (job, status)
+            for job, status in running
+            if job.state != status.state.value or now - job.progress_at >= self.progress_seconds
+        ]
+        due.sort(key=lambda pair: pair[0].progress_at)
+        for job, status in due[: self.max_progress_reads]:
+            if len(outcome.events) >= self.max_events:
+                break
+            self._safely(self._running, job, status, outcome)
         return outcome
+
+    def _record_verdicts(self, instance: dg.DagsterInstance, outcome: TickOutcome) -> None:
+        """One ``training_succeeded`` check result per model whose training ended this tick.
+
+        A failure is always recorded, with its message; a success only when the check is not
+        already passing, so a steady stream of good jobs adds no events and the first good job
+        after a failure turns the model green again.
+        """
+        for name, (passed, description, details) in outcome.verdicts.items():
+            key = dg.AssetCheckKey(ModelContext(self.team, name).keys.trained, TRAINING_CHECK)
+            if passed:
+                latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                    [key]
+                ).get(key)
+                if latest is not None and latest.status.value == "SUCCEEDED":
+                    continue
+            outcome.events.append(
+                dg.AssetCheckEvaluation(
+                    asset_key=key.asset_key,
+                    check_name=TRAINING_CHECK,
+                    passed=passed,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=description[:2000],
+                    metadata={k: v for k, v in details.items() if k != "message"},
+                )
+            )
+
+    def _safely(self, step: Any, job: InFlight, status: JobStatus, outcome: TickOutcome) -> None:
+        try:
+            step(job, status, outcome)
+        except Exception as exc:  # one broken job must not stop the others
+            outcome.log.append(f"{job.handle.job_id}: could not be reconciled this tick: {exc!r}")
+
+    def _spec(self, job: InFlight) -> JobSpec:
+        """The job's full spec, from its submission record in the event log."""
+        if job.submission not in self._specs:
+            key = ModelContext(self.team, job.model).keys.trained
+            records = self._instance.fetch_observations(
+                dg.AssetRecordsFilter(asset_key=key, storage_ids=[job.submission]), limit=1
+            ).records
+            event = records[0].asset_observation if records else None
+            if event is None:
+                raise KeyError(f"no submission record {job.submission} for {job.handle.job_id}")
+            record: Any = event.metadata["job"].value
+            self._specs[job.submission] = JobSpec.model_validate(record["spec"])
+        return self._specs[job.submission]
 
     def _poll(self, inflight: dict[str, InFlight], outcome: TickOutcome) -> dict[str, JobStatus]:
         by_backend: dict[str, list[JobHandle]] = {}
@@ -230,13 +357,7 @@ class Reconciler:
         stopped = {dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING}
         return {run.run_id for run in runs if run.status in stopped}
 
-    def _advance(
-        self,
-        job: InFlight,
-        status: JobStatus,
-        cancelled_runs: set[str],
-        outcome: TickOutcome,
-    ) -> None:
+    def _advance(self, job: InFlight, status: JobStatus, outcome: TickOutcome) -> None:
         model = ModelContext(self.team, job.model)
         job_id = job.handle.job_id
         if job.model not in self.team.models:
@@ -253,47 +374,55 @@ class Reconciler:
             try:
                 materialization = self._materialization(model, job, status)
             except (OSError, ValueError, KeyError) as exc:
-                # A job that exits cleanly but leaves no usable result has failed.
+                # A job that exits cleanly but leaves no usable result has failed, and running
+                # the same code on the same data again would not change that.
                 status = status.model_copy(
                     update={"state": JobState.FAILED, "message": f"unusable result: {exc!r}"}
                 )
+                self._failed(model, job, status, outcome, "retrying cannot fix the result")
             else:
                 outcome.events.append(materialization)
                 outcome.cursor.inflight.pop(job_id)
                 outcome.log.append(f"{job_id}: succeeded; {model.keys.trained.to_user_string()}")
-                return
-        stop_requested = job.cancel_requested or job.run_id in cancelled_runs
+                outcome.verdicts[job.model] = (True, f"Job {job_id} trained the model.", {})
+            return
         if status.state == JobState.CANCELLED or (
-            status.state == JobState.FAILED and stop_requested
+            status.state == JobState.FAILED and job.cancel_sent
         ):
-            # A job asked to stop is never retried, even if it failed before the cancel landed.
             self._finish(outcome, model, job, CANCELLED, f"Training job {job_id} was cancelled.")
         elif status.state == JobState.FAILED:
-            self._failed(model, job, status, outcome)
-        elif stop_requested:
+            # A job that failed on its own before a requested cancel reached it keeps its own
+            # failure and message; it is only not retried.
+            stop = "a cancel was requested" if job.cancel_requested else None
+            self._failed(model, job, status, outcome, stop)
+        elif job.cancel_requested and not job.cancel_sent:
             self.backend(job.handle.backend).cancel(job.handle)
+            outcome.cursor.inflight[job_id] = job.model_copy(update={"cancel_sent": True})
             outcome.log.append(f"{job_id}: cancel requested (run {job.run_id}); cancelling")
-        else:
-            self._running(model, job, status, outcome)
 
-    def _running(
-        self, model: ModelContext, job: InFlight, status: JobStatus, outcome: TickOutcome
-    ) -> None:
+    def _running(self, job: InFlight, status: JobStatus, outcome: TickOutcome) -> None:
         """Record what a job in flight reported since the last tick: progress, metrics, logs.
 
-        One observation per job and tick at most, and only when something is new, so a queue
-        of jobs that all wait says nothing after its first word.
+        One observation per job and tick at most, only when something is new, and for a job at
+        most every ``progress_seconds``; a job that is only queued says nothing.
         """
+        model = ModelContext(self.team, job.model)
         job_id = job.handle.job_id
         batch = read_new(_location(job), job.messages_cursor)
         report = fold(None, batch.messages)
-        seen = f"{status.state.value}:{report.step}:{report.progress}"
-        if not batch.messages and status.state.value == job.last_seen.split(":", 1)[0]:
-            return
         device = report.device or job.device
         outcome.cursor.inflight[job_id] = job.model_copy(
-            update={"last_seen": seen, "messages_cursor": batch.cursor, "device": device}
+            update={
+                "state": status.state.value,
+                "messages_cursor": batch.cursor,
+                "device": device,
+                "progress_at": time.time(),
+            }
         )
+        if not batch.messages and (
+            status.state == JobState.QUEUED or status.state.value == job.state
+        ):
+            return  # nothing new, or a queue every waiting job shares: nothing to say
         metadata: dict[str, Any] = {
             "status": status.state.value,
             "progress": float(report.progress if report.progress is not None else 0.0),
@@ -331,8 +460,15 @@ class Reconciler:
         outcome.log.append(f"{job.handle.job_id}: {kind}: {description}")
 
     def _failed(
-        self, model: ModelContext, job: InFlight, status: JobStatus, outcome: TickOutcome
+        self,
+        model: ModelContext,
+        job: InFlight,
+        status: JobStatus,
+        outcome: TickOutcome,
+        no_retry: str | None = None,
     ) -> None:
+        """Retry the job as its next attempt, or record its failure for good (``no_retry`` says
+        why it must not be retried, if anything does)."""
         job_id = job.handle.job_id
         backend = self.backend(job.handle.backend)
         try:
@@ -341,6 +477,9 @@ class Reconciler:
             log_tail = f"(the log could not be read: {exc!r})"
         attempts = model.spec.retry.max_attempts
         reported = _final_report(job)
+        raised = (reported.exception_name or "").rsplit(".", 1)[-1]
+        if raised in NOT_RETRYABLE:
+            no_retry = no_retry or f"retrying cannot fix a {raised}"
         if reported.exception:
             # What the job itself said beats its exit status and the log lines around it.
             first_line = status.message.splitlines()[0] if status.message else ""
@@ -354,13 +493,20 @@ class Reconciler:
             "max_attempts": attempts,
         }
         summary = f"Training job {job_id} failed on attempt {job.attempt} of {attempts}"
-        if job.attempt >= attempts:
+        if job.attempt >= attempts or no_retry:
+            why = f" ({no_retry})" if no_retry else ""
             self._finish(
-                outcome, model, job, FAILED, f"{summary}; not retried. {status.message}", details
+                outcome,
+                model,
+                job,
+                FAILED,
+                f"{summary}; not retried{why}. {status.message}",
+                details,
             )
+            outcome.verdicts[job.model] = (False, f"{summary}: {status.message}", details)
             return
         attempt = job.attempt + 1
-        spec = for_attempt(job.spec, run_id=job.run_id, attempt=attempt)
+        spec = for_attempt(self._spec(job), run_id=job.run_id, attempt=attempt)
         try:
             handle = submit(backend, spec)
         except Exception as exc:
@@ -372,6 +518,7 @@ class Reconciler:
                 f"{summary}, and its retry could not be submitted: {exc!r}. {status.message}",
                 details,
             )
+            outcome.verdicts[job.model] = (False, f"{summary}: {status.message}", details)
             return
         # The new job's record goes first: a crash between the two leaves it tracked.
         outcome.events.append(
@@ -396,11 +543,12 @@ class Reconciler:
         outcome.cursor.inflight[handle.job_id] = job.model_copy(
             update={
                 "handle": handle,
-                "spec": spec,
+                "submission": 0,
                 "attempt": attempt,
-                "last_seen": "",
+                "state": "",
                 "messages_cursor": 0,
                 "device": "",
+                "progress_at": 0.0,
             }
         )
 
@@ -420,7 +568,7 @@ class Reconciler:
         artifact = reported.pop("artifact", None)
         if not isinstance(artifact, str) or not artifact:
             raise ValueError("the job's materialization has no 'artifact' metadata")
-        extras = _extras(job)
+        extras = job_extras(self._spec(job))
         data_version = report.materialization.get("data_version") or extras.get(
             "features_data_version", ""
         )
@@ -460,9 +608,9 @@ class Reconciler:
                 "artifact": dg.MetadataValue.path(_artifact_uri(job.handle.output_uri, artifact)),
                 "device": str(report.device or reported.get("device") or "unknown"),
                 # What was asked of the job, whatever it chose to report about itself.
-                "trainer": str(extras.get("trainer") or " ".join(job.spec.command)),
+                "trainer": str(extras.get("trainer") or " ".join(self._spec(job).command)),
                 "hyperparameters": dg.MetadataValue.json(extras.get("hyperparameters") or {}),
-                "features_uri": dg.MetadataValue.path(job.features_uri),
+                "features_uri": dg.MetadataValue.path(str(extras.get("features_uri", ""))),
                 "input_data_versions": dg.MetadataValue.json(
                     {features_key.to_user_string(): str(data_version)}
                 ),
@@ -480,7 +628,7 @@ class Reconciler:
 
 
 def _location(job: InFlight) -> MessagesLocation:
-    return messages_location(job.handle.output_uri, job.spec.staged)
+    return messages_location(job.handle.output_uri, job.staged)
 
 
 def _final_report(job: InFlight) -> JobReport:
@@ -489,11 +637,6 @@ def _final_report(job: InFlight) -> JobReport:
     report = fold(None, batch.messages)
     report.problems.extend(batch.problems)
     return report
-
-
-def _extras(job: InFlight) -> dict[str, Any]:
-    """The Pipes extras the job was submitted with."""
-    return job_extras(job.spec)
 
 
 def _is_number(value: Any) -> bool:
@@ -529,10 +672,12 @@ def build_reconciler_sensor(
     team: TeamSpec,
     minimum_interval_seconds: int = 10,
     backends: dict[str, Backend] | None = None,
+    **budget: Any,
 ) -> dg.SensorDefinition:
     """The team's reconciling sensor, running by default. ``backends`` overrides the backend
-    objects by name (otherwise each is built from its defaults on first use)."""
-    reconciler = Reconciler(team, backends)
+    objects by name (otherwise each is built from its defaults on first use); ``budget``
+    overrides a tick's limits (``max_events``, ``max_progress_reads``, ``progress_seconds``)."""
+    reconciler = Reconciler(team, backends, **budget)
     targets = [ModelContext(team, name).keys.trained for name in team.models]
 
     @dg.sensor(

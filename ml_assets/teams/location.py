@@ -14,7 +14,7 @@ from ml_assets.assets.registration import build_registration_asset
 from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
 from ml_assets.backends import backend_resource
-from ml_assets.sensors.cancel import build_cancel_job
+from ml_assets.sensors.cancel import build_cancel_job, build_retry_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
@@ -58,6 +58,7 @@ def team_definitions(spec_path: str | Path) -> dg.Definitions:
                 description="Every asset of the team, from dataset to registered model.",
             ),
             build_cancel_job(team),
+            build_retry_job(team),
             build_rollback_job(team),
         ],
         resources={

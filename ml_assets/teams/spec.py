@@ -30,7 +30,11 @@ from ml_assets.backends.base import Backend, Resources
 from ml_assets.evaluation import threshold_key_is_valid
 from ml_assets.references import check_reference
 from ml_assets.registries import setting_names
-from ml_assets.training.builtin import BUILTIN_TRAINERS
+from ml_assets.training.builtin import (
+    BUILTIN_TRAINERS,
+    HyperparameterError,
+    check_builtin_hyperparameters,
+)
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")]
 
@@ -243,6 +247,18 @@ class ModelSpec(_Spec):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         return _one_of(value, tuple(BACKENDS), "backend")
+
+    @model_validator(mode="after")
+    def _builtin_hyperparameters(self) -> ModelSpec:
+        """A built-in trainer's hyperparameters and task, checked now rather than at fit."""
+        if self.trainer.function is not None:
+            try:
+                check_builtin_hyperparameters(
+                    self.trainer.function, self.task, self.trainer.hyperparameters
+                )
+            except HyperparameterError as exc:
+                raise _FieldError(("trainer", *exc.field), exc.message) from None
+        return self
 
 
 class RegistrySpec(_Spec):

@@ -7,7 +7,7 @@ method  path                                        behaviour
 ======  ==========================================  =============================================
 POST    /apis/batch/v1/namespaces/{ns}/jobs         create (422 if invalid, 409 AlreadyExists)
 GET     /apis/batch/v1/namespaces/{ns}/jobs         list: ``labelSelector``, ``limit``, ``continue``
-GET     /apis/batch/v1/namespaces/{ns}/jobs/{name}  read (404 NotFound)
+GET     /apis/batch/v1/namespaces/{ns}/jobs/{name}  read (404 NotFound); ``.../{name}/status`` too
 DELETE  /apis/batch/v1/namespaces/{ns}/jobs/{name}  delete: ``propagationPolicy`` Background or
                                                     Foreground kills the pod's process group and
                                                     removes the pod; Orphan (the API's default for
@@ -27,6 +27,13 @@ follows the process the way the Job controller reports it: ``active``/``ready``,
 only: it rejects ``backoffLimit`` other than 0 and ``restartPolicy`` other than Never. A controller
 thread starts pods and applies ``ttlSecondsAfterFinished``. ``token`` makes every call require
 ``Authorization: Bearer <token>``.
+
+``hold`` (``"pending"`` or ``"running"``, settable at any time) holds every Job created from then
+on in that state without running its command: its pod waits to be scheduled, or runs (with an
+empty log), until ``end_held`` ends many of them at once as succeeded or failed. Everything else
+(listing, reads, deletes, TTL) treats held Jobs like any other, so a benchmark can keep
+thousands of Jobs in flight without thousands of processes; a held job writes no output, so the
+benchmark writes what each job would have left in its output folder itself.
 
 ``count_poll_calls(n)`` measures one backend poll over ``n`` in-flight jobs (see its docstring).
 """
@@ -70,6 +77,7 @@ _NS = r"(?P<ns>[a-z0-9-]+)"
 _NAME = r"(?P<name>[^/]+)"
 JOBS = f"/apis/batch/v1/namespaces/{_NS}/jobs"
 JOB = f"{JOBS}/{_NAME}"
+JOB_STATUS = f"{JOB}/status"
 PODS = f"/api/v1/namespaces/{_NS}/pods"
 POD_LOG = f"{PODS}/{_NAME}/log"
 
@@ -193,14 +201,17 @@ class FakeKubernetes(LoopbackServer):
         pending_s: float = 0.2,
         token: str | None = None,
         create_timeouts: int = 0,
+        hold: str | None = None,
     ) -> None:
         """``create_timeouts``: that many creates store the job but answer 504, as an API server
-        whose write went through after its request deadline passed."""
+        whose write went through after its request deadline passed. ``hold``: see the module
+        docstring."""
         super().__init__(faults)
         self.processes = ProcessJobs(root, pending_s=pending_s)
         self.job_env = dict(job_env or {})
         self.token = token
         self.create_timeouts = create_timeouts
+        self.hold = hold
         self.created: Counter[str] = Counter()
         self._jobs: dict[tuple[str, str], FakeJob] = {}
         self._pods: dict[tuple[str, str], FakeJob] = {}  # (namespace, pod name) -> its job
@@ -210,6 +221,7 @@ class FakeKubernetes(LoopbackServer):
             ("POST", JOBS, self._create_job),
             ("GET", JOBS, self._list_jobs),
             ("GET", JOB, self._read_job),
+            ("GET", JOB_STATUS, self._read_job),
             ("DELETE", JOB, self._delete_job),
             ("GET", PODS, self._list_pods),
             ("GET", POD_LOG, self._pod_log),
@@ -259,6 +271,22 @@ class FakeKubernetes(LoopbackServer):
         """The manifest a Job was created with, as stored (server fields included)."""
         with self._state_lock:
             return self._jobs[(namespace, name)].manifest
+
+    def end_held(
+        self, namespace: str, names: list[str] | None = None, *, succeeded: bool = True
+    ) -> list[str]:
+        """End the held Jobs of ``namespace`` (all, or those named) that are still in flight, at
+        the same moment: their pods exit 0 (``Complete``) or 1 (``Failed``). Returns the names
+        of the Jobs it ended."""
+        wanted = None if names is None else set(names)
+        with self._state_lock:
+            jobs = {
+                job.uid: job.name
+                for (ns, name), job in self._jobs.items()
+                if ns == namespace and (wanted is None or name in wanted)
+            }
+        ended = self.processes.end_held(list(jobs), returncode=0 if succeeded else 1)
+        return sorted(jobs[uid] for uid in ended)
 
     def tick(self) -> None:
         # Like kube-controller-manager: start pods whose pending time is over, reap finished
@@ -373,6 +401,7 @@ class FakeKubernetes(LoopbackServer):
                 [*container["command"], *container.get("args", [])],
                 env,
                 cwd=container.get("workingDir"),
+                hold=self.hold,
             )
             if self.create_timeouts > 0:
                 self.create_timeouts -= 1

@@ -9,7 +9,9 @@ pieces are shared by every fake:
 * ``LoopbackServer``: a threaded HTTP server with a regex router, per-route call counts and the
   fault injection applied before any handler runs;
 * ``ProcessJobs``: jobs as process groups that go pending, then running, then succeeded or failed
-  (or cancelled when killed), with their output captured to a log file.
+  (or cancelled when killed), with their output captured to a log file. A job may instead be
+  *held* pending or running without any process, until ``end_held`` ends it (benchmarks keep
+  thousands of jobs in flight that way).
 """
 
 from __future__ import annotations
@@ -318,6 +320,7 @@ class ProcessJob:
     cancelled: bool = False
     started_at: float | None = None
     finished_at: float | None = None
+    held: bool = False
 
     @property
     def state(self) -> str:
@@ -325,7 +328,8 @@ class ProcessJob:
             return CANCELLED
         if self.returncode is not None:
             return SUCCEEDED if self.returncode == 0 else FAILED
-        return RUNNING if self.process is not None else PENDING
+        # A held job runs without a process once it is started.
+        return RUNNING if self.process is not None or self.started_at is not None else PENDING
 
 
 class ProcessJobs:
@@ -348,23 +352,50 @@ class ProcessJobs:
         self._lock = threading.RLock()
 
     def add(
-        self, job_id: str, argv: list[str], env: Mapping[str, str], cwd: str | None = None
+        self,
+        job_id: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: str | None = None,
+        hold: str | None = None,
     ) -> ProcessJob:
+        """Add a job; with ``hold`` (``PENDING`` or ``RUNNING``) it stays in that state without
+        running ``argv`` until ``end_held`` ends it (its log stays empty)."""
+        if hold not in (None, PENDING, RUNNING):
+            raise ValueError(f"a job can be held {PENDING} or {RUNNING}, not {hold!r}")
         with self._lock:
             if job_id in self.jobs:
                 return self.jobs[job_id]
+            now = time.monotonic()
             job = ProcessJob(
                 job_id=job_id,
                 argv=list(argv),
                 env=dict(env),
                 log_path=self.root / f"{_safe(job_id)}.log",
-                created_at=time.monotonic(),
+                created_at=now,
                 pending_s=self.pending_s,
                 cwd=cwd,
+                held=hold is not None,
+                started_at=now if hold == RUNNING else None,
             )
             job.log_path.touch()
             self.jobs[job_id] = job
             return job
+
+    def end_held(self, job_ids: list[str], returncode: int = 0) -> list[str]:
+        """End the held jobs among ``job_ids`` that are still in flight, all at the same moment,
+        as if their command had exited with ``returncode``; returns the ids it ended."""
+        ended = []
+        with self._lock:
+            now = time.monotonic()
+            for job_id in job_ids:
+                job = self.jobs.get(job_id)
+                if job is None or not job.held or job.state not in (PENDING, RUNNING):
+                    continue
+                job.started_at = job.started_at if job.started_at is not None else now
+                job.returncode, job.finished_at = returncode, now
+                ended.append(job_id)
+        return ended
 
     def get(self, job_id: str) -> ProcessJob | None:
         with self._lock:
@@ -408,7 +439,7 @@ class ProcessJobs:
                     _kill_group(job.process)
 
     def _refresh(self, job: ProcessJob) -> None:
-        if job.cancelled or job.returncode is not None:
+        if job.cancelled or job.returncode is not None or job.held:
             return
         if job.process is None:
             if time.monotonic() - job.created_at < job.pending_s:

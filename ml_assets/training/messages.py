@@ -291,6 +291,7 @@ class JobReport:
     materializations: int = 0
     closed: bool = False
     exception: str | None = None
+    exception_name: str | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -384,6 +385,8 @@ def _fold_one(report: JobReport, message: dict[str, Any]) -> None:
         report.closed = True
         if params.get("exception"):
             report.exception = format_exception(params["exception"])
+            if isinstance(params["exception"], dict):
+                report.exception_name = str(params["exception"].get("name") or "") or None
 
 
 def fold(report: JobReport | None, messages: list[dict[str, Any]]) -> JobReport:

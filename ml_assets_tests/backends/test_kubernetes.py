@@ -4,6 +4,7 @@ bookkeeping, logs, S3 outputs)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -20,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ml_assets import transport
 from ml_assets.backends import load_backend, remote
-from ml_assets.backends.base import JobHandle, JobState, Resources
+from ml_assets.backends.base import JobHandle, JobState, JobStatus, Resources
 from ml_assets.backends.kubernetes import (
     CANCELLED_MARKER,
     GPU_NODE_SELECTORS,
@@ -35,6 +36,7 @@ from ml_assets.backends.kubernetes import (
     KubernetesBackendResource,
     build_job_body,
     cpu_quantity,
+    listed_job,
     memory_quantity,
 )
 from ml_assets.testing.fake_kubernetes import (
@@ -691,3 +693,197 @@ def test_results_go_to_s3_and_read_back(
         assert "to s3" in remote.read_log(spec.output_uri, 10)
     finally:
         moto.stop()
+
+
+# -- polling reads raw JSON -----------------------------------------------------------------------
+
+
+def _model_class_status(backend: KubernetesBackend, handle: JobHandle, job: Any) -> Any:
+    """A job's status as the poll decided it from the client's ``V1Job`` model before it read
+    raw JSON (kept here verbatim as the reference)."""
+    if job is None:
+        return backend._missing_status(handle)
+    owner = (job.metadata.annotations or {}).get(KEY_ANNOTATION)
+    if owner != handle.idempotency_key:
+        return JobStatus(
+            job_id=handle.job_id,
+            state=JobState.FAILED,
+            message=f"job {handle.job_id} now belongs to idempotency key {owner!r}",
+        )
+    condition = next(
+        (
+            c
+            for c in (job.status and job.status.conditions) or []
+            if c.status == "True" and c.type in ("Complete", "Failed")
+        ),
+        None,
+    )
+    if condition is not None and condition.type == "Complete":
+        return remote.finished_status(handle.job_id, JobState.SUCCEEDED, handle.output_uri)
+    if condition is not None:
+        reason = ": ".join(part for part in (condition.reason, condition.message) if part)
+        return remote.finished_status(
+            handle.job_id,
+            JobState.FAILED,
+            handle.output_uri,
+            f"Kubernetes job failed ({reason or 'no reason given'})",
+        )
+    status = job.status
+    active = (status and status.active) or 0
+    ready = status.ready if status else None
+    if active and (ready is None or ready > 0):
+        return JobStatus(job_id=handle.job_id, state=JobState.RUNNING)
+    message = (
+        "waiting for its pod to be scheduled and started"
+        if active
+        else "waiting for the job controller to create its pod"
+    )
+    return JobStatus(job_id=handle.job_id, state=JobState.QUEUED, message=message)
+
+
+def _as_model(item: dict[str, Any]) -> Any:
+    """One raw Job as the client's ``V1Job``, the way the client deserializes an answer."""
+
+    class Answer:
+        data = json.dumps(item)
+
+    return k8s.ApiClient().deserialize(Answer(), "V1Job")
+
+
+def test_poll_from_raw_json_matches_the_model_class_path(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str
+) -> None:
+    fake = start_fake(hold="pending")
+    backend = fake.settings(storage_root, page_size=3).get_backend()
+    spec = functools.partial(job_spec, storage_root, ["never", "run"])
+    handles = {"queued": backend.submit(spec("queued"))}
+    fake.hold = "running"
+    for name in ("running", "succeeded", "failed"):
+        handles[name] = backend.submit(spec(name))
+    assert fake.end_held(NAMESPACE, [handles["succeeded"].job_id]) == [handles["succeeded"].job_id]
+    fake.end_held(NAMESPACE, [handles["failed"].job_id], succeeded=False)
+    handles["other team"] = backend.submit(spec("other team", team="risk"))
+    stolen = backend.submit(spec("stolen"))
+    handles["another key"] = stolen.model_copy(update={"idempotency_key": "someone else"})
+    for marker in (CANCELLED_MARKER, "failure.json", "job.log", None):
+        gone = JobHandle.for_spec("kubernetes", spec(f"gone {marker}"), {"namespace": NAMESPACE})
+        if marker is not None:
+            transport.write_json(transport.join(gone.output_uri, marker), {})
+        handles[f"gone, left {marker}"] = gone
+
+    statuses = backend.poll(list(handles.values()))
+
+    states = {what: statuses[handle.job_id].state for what, handle in handles.items()}
+    assert states == {
+        "queued": JobState.QUEUED,
+        "running": JobState.RUNNING,
+        "succeeded": JobState.SUCCEEDED,
+        "failed": JobState.FAILED,
+        "other team": JobState.RUNNING,
+        "another key": JobState.FAILED,
+        "gone, left cancelled.json": JobState.CANCELLED,
+        "gone, left failure.json": JobState.FAILED,
+        "gone, left job.log": JobState.SUCCEEDED,
+        "gone, left None": JobState.FAILED,
+    }
+    listed = {
+        job.metadata.name: job
+        for namespace_team in ("fraud", "risk")
+        for job in backend._batch.list_namespaced_job(
+            NAMESPACE, label_selector=f"{TEAM_LABEL}={namespace_team}"
+        ).items
+    }
+    assert statuses == {
+        handle.job_id: _model_class_status(backend, handle, listed.get(handle.job_id))
+        for handle in handles.values()
+    }
+
+
+def test_raw_job_fields_decide_as_the_model_classes_did(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str
+) -> None:
+    """Shapes the fake does not serve on its own, cut from a Job as it serves it: no ``ready``
+    (API servers before 1.24), no status yet, a condition not (yet) true, a reason only."""
+    fake = start_fake(hold="running")
+    backend = fake.settings(storage_root).get_backend()
+    handle = backend.submit(job_spec(storage_root, ["never", "run"], "shapes"))
+    served = json.loads(backend._batch.list_namespaced_job(NAMESPACE, _preload_content=False).data)[
+        "items"
+    ][0]
+    condition = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
+
+    def cut(**status: Any) -> dict[str, Any]:
+        item = json.loads(json.dumps(served))
+        item["status"] = {k: v for k, v in {**item["status"], **status}.items() if v is not None}
+        return item
+
+    shapes = {
+        "as served": served,
+        "no ready field": cut(ready=None),
+        "no ready, not active": cut(ready=None, active=None),
+        "no status": {k: v for k, v in served.items() if k != "status"},
+        "pending pod": cut(ready=0),
+        "condition not true": cut(conditions=[{**condition, "status": "False"}]),
+        "reason only": cut(active=0, failed=1, conditions=[condition]),
+        "message only": cut(conditions=[{"type": "Failed", "status": "True", "message": "m"}]),
+        "complete": cut(active=0, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]),
+        "no annotations": {**served, "metadata": {"name": handle.job_id}},
+    }
+
+    decided = {
+        shape: (
+            backend._status(handle, listed_job(item)),
+            _model_class_status(backend, handle, _as_model(item)),
+        )
+        for shape, item in shapes.items()
+    }
+
+    assert {shape: new for shape, (new, _) in decided.items()} == {
+        shape: old for shape, (_, old) in decided.items()
+    }
+    assert {shape: new.state for shape, (new, _) in decided.items()} == {
+        "as served": JobState.RUNNING,
+        "no ready field": JobState.RUNNING,
+        "no ready, not active": JobState.QUEUED,
+        "no status": JobState.QUEUED,
+        "pending pod": JobState.QUEUED,
+        "condition not true": JobState.RUNNING,
+        "reason only": JobState.FAILED,
+        "message only": JobState.FAILED,
+        "complete": JobState.SUCCEEDED,
+        "no annotations": JobState.FAILED,
+    }
+
+
+def test_poll_retries_a_list_answer_whose_body_breaks_off(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib3.exceptions import ProtocolError
+
+    fake = start_fake(hold="running")
+    backend = fake.settings(storage_root).get_backend()
+    handle = backend.submit(job_spec(storage_root, ["never", "run"], "broken body"))
+    real = backend._batch.list_namespaced_job
+    broken = [2]
+
+    def list_jobs(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        if broken[0]:
+            broken[0] -= 1
+            answer.release_conn()
+
+            class Broken:
+                @property
+                def data(self) -> bytes:
+                    raise ProtocolError("Connection broken: IncompleteRead")
+
+                def release_conn(self) -> None:
+                    pass
+
+            return Broken()
+        return answer
+
+    monkeypatch.setattr(backend._batch, "list_namespaced_job", list_jobs)
+
+    assert backend.poll([handle])[handle.job_id].state == JobState.RUNNING
+    assert broken == [0]

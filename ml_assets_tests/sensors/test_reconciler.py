@@ -7,15 +7,17 @@ daemon stores them, so the tests see exactly what the daemon would.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 
 import ml_assets.sensors.reconciler as reconciler_module
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import build_job_spec, submission_event
+from ml_assets.assets.training import TRAINING_CHECK, build_job_spec, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState
 from ml_assets.backends.local import LocalBackend
 from ml_assets.sensors.cancel import build_cancel_job
@@ -101,9 +103,13 @@ def submit(
 
 
 def driver(
-    instance: dg.DagsterInstance, team: TeamSpec, backends: dict[str, Backend] | None = None
+    instance: dg.DagsterInstance,
+    team: TeamSpec,
+    backends: dict[str, Backend] | None = None,
+    **budget: Any,
 ) -> SensorDriver:
-    return SensorDriver(instance, build_reconciler_sensor(team, backends=backends))
+    budget.setdefault("progress_seconds", 0.0)  # show every change at once in tests
+    return SensorDriver(instance, build_reconciler_sensor(team, backends=backends, **budget))
 
 
 def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
@@ -378,7 +384,7 @@ def test_the_submission_record_round_trips(instance: dg.DagsterInstance, ml_home
     assert (job["attempt"], job["code_version"]) == (1, "v1")
 
 
-def test_a_job_that_fails_after_a_cancel_request_is_not_retried(
+def test_a_job_that_failed_on_its_own_before_a_cancel_keeps_its_failure_and_is_not_retried(
     instance: dg.DagsterInstance, ml_home: Path
 ) -> None:
     team = clinical()
@@ -386,7 +392,13 @@ def test_a_job_that_fails_after_a_cancel_request_is_not_retried(
     handle = submit(instance, team, ml_home, code=wait_for_file(gate) + "\nraise SystemExit(9)")
     daemon = driver(instance, team)
     daemon.tick()
-    # The cancel is requested while the job is failing on its own; the failure wins the race.
+    gate.touch()
+    backend = LocalBackend()
+    deadline = time.monotonic() + 60
+    while backend.poll([handle])[handle.job_id].state != JobState.FAILED:
+        assert time.monotonic() < deadline, "the job did not fail"
+        time.sleep(0.05)
+    # The cancel request arrives after the job had already failed by itself.
     model = ModelContext(team, "tumor_classifier")
     instance.report_runless_asset_event(
         dg.AssetObservation(
@@ -394,8 +406,10 @@ def test_a_job_that_fails_after_a_cancel_request_is_not_retried(
             tags={EVENT_TAG: "cancel_requested", JOB_ID_TAG: handle.job_id},
         )
     )
-    gate.touch()
-    daemon.tick_until(lambda: events(instance, CANCELLED))
+    daemon.tick_until(lambda: events(instance, FAILED))
+    [failed] = events(instance, FAILED)
+    assert "return code 9" in failed.asset_observation.metadata["message"].value  # type: ignore[union-attr]
+    assert events(instance, CANCELLED) == []
     assert events(instance, RETRIED) == []
     assert len(events(instance, SUBMITTED)) == 1
 
@@ -449,3 +463,45 @@ def test_the_watermark_waits_for_events_to_settle(
     settled = fold_events(instance, team, fresh)
     assert settled.after == record.storage_id
     LocalBackend().cancel(next(iter(settled.inflight.values())).handle)
+
+
+RAISES_VALUE_ERROR = """
+from dagster_pipes import open_dagster_pipes
+with open_dagster_pipes() as pipes:
+    raise ValueError("max_iter must be >= 1, got -5")
+"""
+
+
+def _training_check(instance: dg.DagsterInstance) -> Any:
+    key = dg.AssetCheckKey(
+        ModelContext(clinical(), "tumor_classifier").keys.trained, TRAINING_CHECK
+    )
+    return instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+
+
+def test_an_error_retrying_cannot_fix_fails_at_once_and_turns_the_model_red_until_a_success(
+    instance: dg.DagsterInstance, ml_home: Path
+) -> None:
+    team = clinical()  # max_attempts: 2, yet a ValueError from the job is not retried
+    submit(instance, team, ml_home, code=RAISES_VALUE_ERROR)
+    daemon = driver(instance, team)
+    daemon.tick_until(lambda: events(instance, FAILED))
+    assert events(instance, RETRIED) == []
+    assert len(events(instance, SUBMITTED)) == 1
+    [failed] = events(instance, FAILED)
+    message = failed.asset_observation.metadata["message"].value  # type: ignore[union-attr]
+    assert "ValueError: max_iter must be >= 1, got -5" in message
+    assert "retrying cannot fix a ValueError" in failed.asset_observation.description  # type: ignore[union-attr]
+    red = _training_check(instance)
+    assert red is not None and red.status.value == "FAILED"
+    assert "max_iter must be >= 1" in (red.event.dagster_event.event_specific_data.description)
+
+    submit(instance, team, ml_home, code=WRITE_RESULT)
+    daemon.tick_until(lambda: materializations(instance))
+    green = _training_check(instance)
+    assert green is not None and green.status.value == "SUCCEEDED"
+    checks_before = green.id
+    submit(instance, team, ml_home, code=WRITE_RESULT)
+    daemon.tick_until(lambda: len(materializations(instance)) == 2)
+    # Already green: a second good job records no new check result.
+    assert _training_check(instance).id == checks_before
