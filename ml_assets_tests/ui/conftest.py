@@ -149,10 +149,10 @@ def _free_port() -> int:
         return port
 
 
-def _dagster_dev_command(port: int) -> list[str]:
+def _dagster_dev_command(port: int, workspace: Path) -> list[str]:
     script = Path(sys.executable).with_name("dagster")
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "dagster"]
-    return [*launcher, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE)]
+    return [*launcher, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
 
 
 def _restore_default_signals() -> None:
@@ -274,8 +274,26 @@ def _cancel_training_jobs(ml_home: Path) -> list[str]:
 
 
 @pytest.fixture
-def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DagsterDev]:
-    """``dagster dev`` on this repository's workspace, on a fresh instance, fully loaded."""
+def workspace_file() -> Path:
+    """The workspace ``dagster dev`` loads; a test module may override this fixture."""
+    return WORKSPACE
+
+
+@pytest.fixture
+def extra_pythonpath() -> list[str]:
+    """Folders added to ``PYTHONPATH`` for ``dagster dev`` and its jobs (for test-made teams)."""
+    return []
+
+
+@pytest.fixture
+def dagster_dev(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    workspace_file: Path,
+    extra_pythonpath: list[str],
+) -> Iterator[DagsterDev]:
+    """``dagster dev`` on a workspace (this repository's by default), on a fresh instance,
+    fully loaded."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(INSTANCE_CONFIG, dagster_home / "dagster.yaml")
@@ -290,9 +308,11 @@ def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Dags
         "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS,
         "PYTHONUNBUFFERED": "1",
     }
+    if extra_pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*extra_pythonpath, env.get("PYTHONPATH", "")])
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            _dagster_dev_command(port),
+            _dagster_dev_command(port, workspace_file),
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -310,7 +330,7 @@ def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Dags
     )
     request.node.stash[_LOG_PATH_KEY] = log_path
     try:
-        _wait_until_loaded(dev, workspace_location_names())
+        _wait_until_loaded(dev, workspace_location_names(workspace_file))
         yield dev
     finally:
         note = _stop_dagster_dev(process)
