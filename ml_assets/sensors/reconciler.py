@@ -520,18 +520,21 @@ class Reconciler:
             )
             outcome.verdicts[job.model] = (False, f"{summary}: {status.message}", details)
             return
-        # The new job's record goes first: a crash between the two leaves it tracked.
-        outcome.events.append(
-            submission_event(
-                model,
-                handle,
-                spec,
-                run_id=job.run_id,
-                attempt=attempt,
-                code_version=job.code_version,
-                features_storage_id=job.features_storage_id,
+        # The new job's record goes first: a crash between the two leaves it tracked. A tick
+        # replayed after such a crash has folded that record already (the retry is in flight):
+        # then the submit above found the same job, and it is not recorded twice.
+        if handle.job_id not in outcome.cursor.inflight:
+            outcome.events.append(
+                submission_event(
+                    model,
+                    handle,
+                    spec,
+                    run_id=job.run_id,
+                    attempt=attempt,
+                    code_version=job.code_version,
+                    features_storage_id=job.features_storage_id,
+                )
             )
-        )
         self._finish(
             outcome,
             model,
@@ -540,16 +543,19 @@ class Reconciler:
             f"{summary}; retrying as {handle.job_id}. {status.message}",
             {**details, "retry_job_id": handle.job_id},
         )
-        outcome.cursor.inflight[handle.job_id] = job.model_copy(
-            update={
-                "handle": handle,
-                "submission": 0,
-                "attempt": attempt,
-                "state": "",
-                "messages_cursor": 0,
-                "device": "",
-                "progress_at": 0.0,
-            }
+        outcome.cursor.inflight.setdefault(
+            handle.job_id,
+            job.model_copy(
+                update={
+                    "handle": handle,
+                    "submission": 0,
+                    "attempt": attempt,
+                    "state": "",
+                    "messages_cursor": 0,
+                    "device": "",
+                    "progress_at": 0.0,
+                }
+            ),
         )
 
     def _materialization(
