@@ -166,6 +166,7 @@ class _Runner:
             os.killpg(self.child.pid, signal.SIGTERM)
 
     def _child_env(self) -> dict[str, str]:
+        # The runner itself was started with the job's explicit environment (see local.py).
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in self.launch.get("env", {}).items()})
         env[JOB_ID_ENV] = str(self.launch["job_id"])

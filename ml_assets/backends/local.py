@@ -15,9 +15,12 @@ files, so any process holding nothing but the ``JobHandle`` can poll, cancel or 
 The command runs under ``ml_assets.backends._local_runner`` in a new session, so it outlives the
 Dagster step (and the code server) that submitted it. It runs as it is (``JobSpec.staged`` and
 ``JobSpec.image`` do not apply on this machine), in ``JobSpec.working_dir`` if given (a relative one
-is taken from the job's directory), else in the job's directory, with the environment of the
-submitting process, ``extra_env``, ``spec.env`` (the Pipes context and messages parameters) and
-``ML_ASSETS_OUTPUT_URI`` = the job's directory, where it writes its artifacts and Pipes messages. A
+is taken from the job's directory), else in the job's directory, with an explicit environment:
+what a process needs to run here (``JOB_ENVIRONMENT``: the path, locale, Python and GPU
+variables, never credentials), the variables named in ``pass_env``, ``extra_env``, ``spec.env``
+(the Pipes context and messages parameters) and ``ML_ASSETS_OUTPUT_URI`` = the job's directory,
+where it writes its artifacts and Pipes messages. Nothing else of the submitting process (other
+backends' secrets among it) reaches a job. A
 command that exits 0 is ``SUCCEEDED`` with ``result_uri`` = the job's ``output_uri``; what it
 produced is for the reconciler to read from its messages. No dagster import here: the lead's
 resource layer wraps this class.
@@ -32,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -73,6 +76,30 @@ _TAIL_MAX_BYTES = 32 * 1024 * 1024
 
 # Runners this process started. Reaping them as they end stops them lingering as zombies in
 # a long-lived submitter (a code server) and keeps Popen from warning about them.
+# What a job needs from the machine to run here: the path, the user and locale, Python, the
+# temporary folder, and the GPU and thread settings. Anything else, credentials above all, is
+# left out unless named in ``pass_env``.
+JOB_ENVIRONMENT = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM",
+        "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_PREFIX",
+        "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    }
+)  # fmt: skip
+JOB_ENVIRONMENT_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+
+
+def job_environment(source: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The part of ``source`` a local job gets: ``JOB_ENVIRONMENT`` and ``pass_env``."""
+    named = set(pass_env)
+    return {
+        name: value
+        for name, value in source.items()
+        if name in JOB_ENVIRONMENT or name in named or name.startswith(JOB_ENVIRONMENT_PREFIXES)
+    }
+
+
 _launched: list[subprocess.Popen[bytes]] = []
 _launched_lock = threading.Lock()
 
@@ -144,6 +171,8 @@ class LocalBackend:
             ``python3``, so jobs run in this environment rather than whatever ``python`` is on
             PATH. Defaults to the interpreter running this code (``sys.executable``).
         extra_env: variables added to every job's environment (a job's own ``spec.env`` wins).
+        pass_env: names of the submitting process's variables that jobs also get (a team's
+            own settings, never another team's or another backend's credentials).
             When this ml_assets is a source checkout rather than an installed package, its
             directory is also appended to the job's PYTHONPATH.
         start_timeout_s: how long after submission a job may show no runner before it is
@@ -159,9 +188,11 @@ class LocalBackend:
         extra_env: Mapping[str, str] | None = None,
         start_timeout_s: float = 10.0,
         cancel_grace_s: float = 5.0,
+        pass_env: Sequence[str] = (),
     ) -> None:
         self.python_executable = python_executable or sys.executable
         self.extra_env = dict(extra_env or {})
+        self.pass_env = tuple(pass_env)
         self.start_timeout_s = start_timeout_s
         self.cancel_grace_s = cancel_grace_s
 
@@ -236,7 +267,7 @@ class LocalBackend:
 
     def _launch(self, job_dir: Path) -> None:
         _reap_launched()
-        env = {**os.environ, **self.extra_env}
+        env = {**job_environment(os.environ, self.pass_env), **self.extra_env}
         if not _IMPORT_ROOT_IS_INSTALL:
             paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
             if str(_IMPORT_ROOT) not in paths:

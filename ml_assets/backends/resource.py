@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from ml_assets.backends.base import Backend
 
@@ -30,6 +31,11 @@ class LocalBackendResource(BackendResource):
     python_executable: str | None = None
     start_timeout_s: float = 10.0
     cancel_grace_s: float = 5.0
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description="Variables of the submitting process that jobs get besides the basics "
+        "(path, locale, Python, GPU); nothing else, no credentials, reaches a local job.",
+    )
 
     def get_backend(self) -> Backend:
         from ml_assets.backends.local import LocalBackend
@@ -38,6 +44,7 @@ class LocalBackendResource(BackendResource):
             python_executable=self.python_executable,
             start_timeout_s=self.start_timeout_s,
             cancel_grace_s=self.cancel_grace_s,
+            pass_env=self.pass_env,
         )
 
 

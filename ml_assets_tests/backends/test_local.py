@@ -293,3 +293,23 @@ def test_missing_directory_and_foreign_handles(tmp_path: Path, backend: LocalBac
         backend.poll([foreign])
     with pytest.raises(ValueError, match="local path"):
         backend.submit(spec_in("s3://bucket/job", py(WRITE_OUTPUT), "s3"))
+
+
+def test_a_job_gets_an_explicit_environment_without_the_submitters_secrets(
+    tmp_path: Path, wait_for: WaitFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another backend's credential in the submitting process never reaches a local job; a
+    variable the team names in ``pass_env`` does, and so do the basics (PATH)."""
+    monkeypatch.setenv("OTHER_TEAM_AWS_SECRET_ACCESS_KEY", "s3cr3t-do-not-leak")
+    monkeypatch.setenv("FRAUD_FEATURE_FLAG", "on")
+    backend = LocalBackend(pass_env=["FRAUD_FEATURE_FLAG"])
+    job_dir = tmp_path / "job"
+    command = py("import json, os", "json.dump(dict(os.environ), open('env.json', 'w'))")
+    handle = backend.submit(spec_in(job_dir, command, "secrets"))
+    status = wait_for(backend, [handle])[handle.job_id]
+    assert status.state == JobState.SUCCEEDED, status.message
+    seen = json.loads((job_dir / "env.json").read_text())
+    assert "OTHER_TEAM_AWS_SECRET_ACCESS_KEY" not in seen
+    assert "s3cr3t-do-not-leak" not in (job_dir / "env.json").read_text()
+    assert seen["FRAUD_FEATURE_FLAG"] == "on"
+    assert seen["PATH"] == os.environ["PATH"]

@@ -73,6 +73,7 @@ def submit(
     code: str | None = None,
     run_id: str | None = None,
     features_uri: str = "/nonexistent/features.parquet",
+    env: dict[str, str] | None = None,
 ) -> JobHandle:
     """Submit one job as the trained-model asset does, optionally running ``code`` instead."""
     model = ModelContext(team, "tumor_classifier")
@@ -87,6 +88,8 @@ def submit(
     )
     if code is not None:
         spec = spec.model_copy(update={"command": [sys.executable, "-c", code]})
+    if env:
+        spec = spec.model_copy(update={"env": {**spec.env, **env}})
     handle = LocalBackend().submit(spec)
     instance.report_runless_asset_event(
         submission_event(
@@ -176,12 +179,11 @@ with open_dagster_pipes() as pipes:
 
 
 def test_progress_metrics_and_logs_show_while_the_job_runs_then_a_curve(
-    instance: dg.DagsterInstance, ml_home: Path, monkeypatch: pytest.MonkeyPatch
+    instance: dg.DagsterInstance, ml_home: Path
 ) -> None:
     team = clinical()
     gate = ml_home / "midway-gate"
-    monkeypatch.setenv("GATE", str(gate))  # the local backend passes its environment on
-    submit(instance, team, ml_home, code=MIDWAY)
+    submit(instance, team, ml_home, code=MIDWAY, env={"GATE": str(gate)})
     daemon = driver(instance, team)
 
     def steps() -> list[dg.EventLogRecord]:
