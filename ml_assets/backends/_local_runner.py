@@ -7,8 +7,9 @@ its directory, whatever happens to the process that submitted it:
 - ``runner.json`` records the runner's pid and kernel start time (plus the command's), so a
   poller in any process can tell "still running" from "pid reused" or "zombie";
 - ``exit.json`` records the command's return code once it ends, written atomically;
-- SIGTERM sent to the runner is forwarded to the command's process group, so cancelling
-  reaches everything the command started.
+- SIGTERM sent to the runner is forwarded to the command's process group; the runner is the
+  job's child subreaper, so processes that left that group (``setsid``) come back to it, and
+  when the command has ended it stops whatever of the job is still running.
 
 The command runs in the launch record's ``cwd`` (the spec's working directory), else in the
 job's directory, with the runner's environment plus the spec's ``env`` (the Pipes context and
@@ -51,6 +52,9 @@ OUTPUT_URI_ENV = "ML_ASSETS_OUTPUT_URI"
 LAUNCH_FAILED_RETURNCODE = 127
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+# How long the job's leftover processes get between SIGTERM and SIGKILL once its command ended.
+_LEFTOVER_GRACE_S = 2.0
 
 
 class ProcStat(NamedTuple):
@@ -59,6 +63,7 @@ class ProcStat(NamedTuple):
     state: str
     pgrp: int
     start_time: int
+    ppid: int = 0
 
 
 def read_proc_stat(pid: int) -> ProcStat | None:
@@ -71,7 +76,12 @@ def read_proc_stat(pid: int) -> ProcStat | None:
     # last ')'. What follows starts at field 3 (state): field N is at index N - 3.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return ProcStat(state=fields[0].decode(), pgrp=int(fields[2]), start_time=int(fields[19]))
+        return ProcStat(
+            state=fields[0].decode(),
+            pgrp=int(fields[2]),
+            start_time=int(fields[19]),
+            ppid=int(fields[1]),
+        )
     except (IndexError, ValueError):
         return None
 
@@ -144,6 +154,59 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+def _prctl(option: int, value: int) -> bool:
+    try:
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(ancestor: int) -> list[int]:
+    """The live processes below ``ancestor`` in the process tree (one scan of ``/proc``)."""
+    parents: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                stat = read_proc_stat(int(entry))
+                if stat is not None and stat.state not in ("Z", "X"):
+                    parents[int(entry)] = stat.ppid
+    found: list[int] = []
+    frontier = [ancestor]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _end_leftovers(grace_s: float = _LEFTOVER_GRACE_S) -> list[int]:
+    """Stop every process the job left behind, detached ones included.
+
+    The runner is the job's child subreaper, so a process that left the command's process group
+    and session (``setsid``, a daemonising launcher) is re-parented to the runner when its
+    parent dies, instead of escaping to init. Once the command has ended, whatever is still
+    below the runner is the job's and is stopped: SIGTERM, then SIGKILL after ``grace_s``.
+    """
+    leftovers = descendants(os.getpid())
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in leftovers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + (grace_s if signum == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass  # reap the re-parented ones, so they do not linger as zombies
+            if not descendants(os.getpid()):
+                return leftovers
+            time.sleep(0.05)
+        leftovers = descendants(os.getpid())
+    return leftovers
+
+
 class _Runner:
     """Starts one job's command, records it, waits for it and records how it ended."""
 
@@ -181,6 +244,8 @@ class _Runner:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Orphans of the job come back to the runner rather than to init (see _end_leftovers).
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         argv = [str(part) for part in self.launch["argv"]]
         me = read_proc_stat(os.getpid())
         with state_lock(self.job_dir):
@@ -234,6 +299,9 @@ class _Runner:
             self._forward()
         # wait() resumes by itself after the SIGTERM handler runs (PEP 475).
         returncode = child.wait()
+        stopped = _end_leftovers()
+        if stopped:
+            print(f"ml_assets local runner: stopped leftover processes {stopped}", file=sys.stderr)
         self._write_exit(returncode)
         return 0
 

@@ -313,3 +313,42 @@ def test_a_job_gets_an_explicit_environment_without_the_submitters_secrets(
     assert "s3cr3t-do-not-leak" not in (job_dir / "env.json").read_text()
     assert seen["FRAUD_FEATURE_FLAG"] == "on"
     assert seen["PATH"] == os.environ["PATH"]
+
+
+def test_cancel_stops_a_detached_grandchild_too(
+    tmp_path: Path, backend: LocalBackend, wait_for: WaitFor
+) -> None:
+    """A command that starts a child in its own session (a data loader, a launcher) leaves
+    nothing running once the job is cancelled."""
+    job_dir = tmp_path / "job"
+    grandchild_file = tmp_path / "grandchild.pid"
+    command = py(
+        "import subprocess, sys, time",
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+        " start_new_session=True)",
+        f"open({str(grandchild_file)!r}, 'w').write(str(child.pid))",
+        "time.sleep(300)",
+    )
+    handle = backend.submit(spec_in(job_dir, command, "detached"))
+    deadline = time.monotonic() + 30
+    while not grandchild_file.exists() or not grandchild_file.read_text():
+        assert time.monotonic() < deadline, "the job never started its grandchild"
+        time.sleep(0.05)
+    grandchild = int(grandchild_file.read_text())
+    assert os.getsid(grandchild) == grandchild  # it really left the job's session
+
+    backend.cancel(handle)
+
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{grandchild}").exists() and _state(grandchild) not in ("Z", "X"):
+        assert time.monotonic() < deadline, f"grandchild {grandchild} survived the cancel"
+        time.sleep(0.05)
+    assert wait_for(backend, [handle])[handle.job_id].state == JobState.CANCELLED
+
+
+def _state(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return "X"
+    return raw[raw.rfind(b")") + 2 :].split()[0].decode()
