@@ -456,17 +456,21 @@ def daemon_gaps(home_copy: Path, workspace: Path, threads: bool, seconds: float)
                 continue
             found = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1000)
             ticks[name] = sorted(found, key=lambda t: t.timestamp)
+    # Every reconciler is due when the daemon starts: a team's wait is counted from the first
+    # tick of any team.
+    began = min((found[0].timestamp for found in ticks.values() if found), default=stopped)
     result: dict[str, Any] = {}
     for name, found in ticks.items():
-        starts = [t.timestamp for t in found]
+        starts = [began, *(t.timestamp for t in found if t.timestamp > began)]
         durations = [t.end_timestamp - t.timestamp for t in found if t.end_timestamp]
         # Up to when the daemon was stopped too: a team that stopped ticking shows.
         gaps = [b - a for a, b in itertools.pairwise([*starts, stopped])]
         result[name] = {
             "ticks": len(found),
+            "failed_ticks": sum(t.status.value == "FAILURE" for t in found),
             "max_gap_s": max(gaps) if gaps else None,
             "max_tick_s": max(durations) if durations else None,
-            "first_start": starts[0] if starts else None,
+            "first_tick_after_s": found[0].timestamp - began if found else None,
         }
     return result
 
@@ -698,7 +702,8 @@ def main() -> None:
             (
                 f"daemon, {mode}: idle team's longest tick gap",
                 fmt(calm.get("max_gap_s")) + f" ({calm.get('ticks', 0)} ticks)",
-                f"busy team: {busy.get('ticks', 0)} ticks, longest " + fmt(busy.get("max_tick_s")),
+                f"busy team: {busy.get('ticks', 0)} ticks ({busy.get('failed_ticks', 0)} "
+                f"failed), longest {fmt(busy.get('max_tick_s'))}",
             )
         )
     print()
