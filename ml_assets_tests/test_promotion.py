@@ -508,7 +508,7 @@ def _team(module: str) -> TeamSpec:
                     "task": "regression",
                     "dataset": {"asset": "platform/raw_prices"},
                     "features": {},
-                    "trainer": {"function": "logistic_regression"},
+                    "trainer": {"function": "random_forest"},
                     "predict": f"{module}:linear",
                 }
             },
