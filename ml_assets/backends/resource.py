@@ -13,13 +13,44 @@ from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ml_assets.backends.base import Backend
 
 
+class UnknownSettings(ValueError):
+    """Settings a backend does not take: ``names`` (sorted), with ``known``, the ones it takes."""
+
+    def __init__(self, backend: str, names: list[str], known: list[str]) -> None:
+        super().__init__(
+            f"unknown settings for {backend}: {', '.join(names)}; it takes: " + ", ".join(known)
+        )
+        self.names = names
+        self.known = known
+
+
 class BackendResource(dg.ConfigurableResource):
-    """Settings of one compute backend. ``get_backend`` builds the ``Backend`` object."""
+    """Settings of one compute backend. ``get_backend`` builds the ``Backend`` object.
+
+    A setting the class does not declare is refused when the resource is built, whatever its
+    value: a Dagster resource would otherwise ignore a misspelt scalar (the backend then runs
+    with the default) and fail on a list or mapping with a dump of its config type.
+    """
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """The settings the backend takes, in the order the class declares them."""
+        return [field.alias or name for name, field in cls.model_fields.items()]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = cls.setting_names()
+            unknown = sorted(str(key) for key in data if key not in known)
+            if unknown:
+                raise UnknownSettings(cls.__name__, unknown, known)
+        return data
 
     def get_backend(self) -> Backend:
         raise NotImplementedError

@@ -333,6 +333,18 @@ class TeamSpec(_Spec):
     models: dict[Identifier, ModelSpec] = Field(min_length=1)
     _source: Path | None = PrivateAttr(None)
 
+    @field_validator("owners")
+    @classmethod
+    def _owners_dagster_accepts(cls, value: list[str]) -> list[str]:
+        for index, owner in enumerate(value):
+            if not _dagster_accepts_owner(owner):
+                raise _FieldError(
+                    (index,),
+                    f"{_cut(owner)!r} is not an owner Dagster accepts: give an email address "
+                    "(name@example.com) or 'team:<name>'",
+                )
+        return value
+
     @field_validator("allowed_backends")
     @classmethod
     def _known_backends(cls, value: list[str]) -> list[str]:
@@ -356,11 +368,23 @@ class TeamSpec(_Spec):
                     f"settings for backend {name!r}, which is not in allowed_backends "
                     f"{self.allowed_backends}",
                 )
+        from ml_assets.backends.resource import UnknownSettings
+
         for name in self.allowed_backends:
             try:
                 backend_resource(name, self.backends.get(name))
             except ValidationError as exc:
                 first = exc.errors()[0]
+                unknown = first.get("ctx", {}).get("error")
+                if isinstance(unknown, UnknownSettings):
+                    others = ", ".join(_cut(other, 60) for other in unknown.names[1:11])
+                    raise _FieldError(
+                        ("backends", name, unknown.names[0]),
+                        f"unknown setting of the {name} backend"
+                        + (f" (also unknown: {others})" if others else "")
+                        + "; it takes: "
+                        + ", ".join(unknown.known),
+                    ) from None
                 where: tuple[str | int, ...] = ("backends", name, *first["loc"])
                 message = _plain(first["msg"])
                 if first["loc"] and first["loc"][0] not in (self.backends.get(name) or {}):
@@ -409,15 +433,7 @@ def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
 def load_team_spec(path: str | Path) -> TeamSpec:
     """Read and validate a team YAML file, or raise ``TeamSpecError`` naming file and field."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TeamSpecError(f"{path}: cannot read the team spec: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise TeamSpecError(f"{path}: not valid YAML: {exc}") from exc
+    raw, root = _read_yaml(path)
     if not isinstance(raw, dict):
         raise TeamSpecError(f"{path}: the team spec must be a mapping with 'team' and 'models'")
     try:
@@ -433,9 +449,353 @@ def load_team_spec(path: str | Path) -> TeamSpec:
             else:
                 loc, message = tuple(error["loc"]), _plain(error["msg"])
             problems.append(_describe(path, root, loc, message))
-        raise TeamSpecError("\n".join(problems)) from None
+        raise TeamSpecError(_joined(problems)) from None
     spec._source = path.resolve()
     return spec
+
+
+# --- Reading the YAML: limits checked while composing, before anything expands aliases -------
+
+MAX_FILE_BYTES = 1 << 20
+"""A team file larger than this (1 MiB) is refused unread."""
+MAX_DEPTH = 50
+"""Collections nested deeper than this, aliases included, are refused."""
+MAX_NODES = 20_000
+"""Values in the document with every alias counted at each use, i.e. as a tree; more is refused
+as soon as the count passes it (an "alias bomb" is small on disk and expands to billions)."""
+MAX_SHOWN = 200
+"""Characters of a value or key shown in a message; longer ones are cut."""
+MAX_MESSAGE = 4_000
+"""Characters of a TeamSpecError message; further problems are counted, not listed."""
+
+_CORE = "tag:yaml.org,2002:"
+_PLAIN_TAGS = frozenset(
+    _CORE + name
+    for name in ("null", "bool", "int", "float", "str", "seq", "map", "timestamp", "merge")
+)
+_READ_KEYS = frozenset(_CORE + name for name in ("null", "bool", "int", "float", "timestamp"))
+_KINDS: dict[str, type[yaml.Node]] = {
+    _CORE + "seq": yaml.SequenceNode,
+    _CORE + "map": yaml.MappingNode,
+}
+_KIND_NAMES: dict[type[yaml.Node], str] = {
+    yaml.ScalarNode: "a single value",
+    yaml.SequenceNode: "a list",
+    yaml.MappingNode: "a mapping",
+}
+
+
+class _Refused(yaml.YAMLError):
+    """A document the team loader will not use, at ``mark`` and ``field``."""
+
+    def __init__(self, mark: yaml.Mark | None, field: str, message: str) -> None:
+        super().__init__(message)
+        self.mark = mark
+        self.field = field
+        self.message = message
+
+
+class _TeamLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the checks a file from anyone needs, all made on the composed
+    node graph, in which an alias is a second reference to one node, never a copy:
+
+    * nesting deeper than ``MAX_DEPTH`` (PyYAML would recurse until ``RecursionError``);
+    * an alias inside the collection it names (a recursive value, which every later walk of the
+      data, JSON included, would follow for ever);
+    * more than ``MAX_NODES`` values in the document, each alias counted as a copy of what it
+      names (its size is known, computed bottom-up when its node was composed), refused as soon
+      as the running count passes the limit, so a bomb is never expanded;
+    * a key given twice in one mapping (PyYAML keeps the last one silently);
+    * tags beyond plain data: null, booleans, numbers, strings, timestamps, lists, mappings
+      and ``<<`` merges; ``!!binary``, ``!!set``, ``!!python/...`` or ``!local`` are refused;
+    * a tagged scalar that cannot be read (``!!float 'abc'``) is a YAML error at its line.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._path: list[str] = []
+        self._depth = 0
+        self._open_anchors: set[str] = set()
+        self._size: dict[int, int] = {}  # values in a node, itself included, aliases expanded
+        self._total = 0  # values so far in the document, aliases expanded
+        self._height: dict[int, int] = {}  # collections nested in a node, itself included
+
+    def _field(self, *more: str) -> str:
+        return _cut(".".join(_cut(part, 60) for part in (*self._path, *more))) or "<top level>"
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(str(index.value))
+        elif isinstance(index, int):
+            self._path.append(str(index))
+        elif index is not None:
+            self._path.append("<key>")
+        try:
+            if self.check_event(yaml.AliasEvent):
+                return self._compose_alias(parent, index)
+            return self._compose_new(parent, index)
+        finally:
+            if index is not None:
+                self._path.pop()
+
+    def _compose_alias(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if event.anchor in self._open_anchors:
+            raise _Refused(
+                event.start_mark,
+                self._field(),
+                f"alias *{_cut(event.anchor, 60)} is inside the value &{_cut(event.anchor, 60)} "
+                "it names: a recursive value cannot be used",
+            )
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if self._depth + self._height[id(node)] > MAX_DEPTH:
+            raise _Refused(
+                event.start_mark,
+                self._field(),
+                f"alias *{_cut(event.anchor, 60)} nests values more than {MAX_DEPTH} levels deep",
+            )
+        self._count(self._size[id(node)], event.start_mark)
+        return node
+
+    def _count(self, values: int, mark: yaml.Mark) -> None:
+        self._total += values
+        if self._total > MAX_NODES:
+            raise _Refused(
+                mark,
+                self._field(),
+                f"the file holds more than {MAX_NODES:,} values, counting each use of an alias "
+                "as a copy of the value it names; use fewer aliases or values",
+            )
+
+    def _compose_new(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        collection = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if collection and self._depth >= MAX_DEPTH:
+            raise _Refused(
+                event.start_mark, self._field(), f"nested more than {MAX_DEPTH} levels deep"
+            )
+        self._count(1, event.start_mark)
+        anchor = event.anchor
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.discard(anchor)
+        if node is None:
+            return None
+        if node.tag == _CORE + "merge" and not (
+            isinstance(parent, yaml.MappingNode) and index is None
+        ):
+            node.tag = _CORE + "str"  # '<<' is a merge only as a key
+        if node.tag not in _PLAIN_TAGS:
+            raise _Refused(
+                node.start_mark,
+                self._field(),
+                f"tag {_cut(_short_tag(node.tag), 60)} is not allowed: a team file holds plain "
+                "data (mappings, lists, strings, numbers, booleans, null)",
+            )
+        self._check_value(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            self._check_keys(node)
+            children = [part for pair in node.value for part in pair]
+        self._size[id(node)] = 1 + sum(self._size[id(child)] for child in children)
+        self._height[id(node)] = (
+            0
+            if isinstance(node, yaml.ScalarNode)
+            else 1 + max((self._height[id(child)] for child in children), default=0)
+        )
+        return node
+
+    def _check_value(self, node: yaml.Node) -> None:
+        """Refuse, with its field, a node its tag cannot read: ``!!str [1]``, ``!!int x``."""
+        kind = _KINDS.get(node.tag, yaml.ScalarNode)
+        if node.tag != _CORE + "merge" and not isinstance(node, kind):
+            raise _Refused(
+                node.start_mark,
+                self._field(),
+                f"{_short_tag(node.tag)} needs {_KIND_NAMES[kind]}, not {_KIND_NAMES[type(node)]}",
+            )
+        if isinstance(node, yaml.ScalarNode) and node.tag in _READ_KEYS:
+            try:
+                self.construct_object(node)
+            except yaml.constructor.ConstructorError as exc:
+                raise _Refused(
+                    node.start_mark, self._field(), exc.problem or "unreadable"
+                ) from None
+
+    def _check_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[tuple[str, Any], yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise _Refused(
+                    key.start_mark,
+                    self._field("<key>"),
+                    f"a key must be a single value, not {_KIND_NAMES[type(key)]}",
+                )
+            if key.tag == _CORE + "merge" and not (
+                isinstance(value, yaml.MappingNode)
+                or (
+                    isinstance(value, yaml.SequenceNode)
+                    and all(isinstance(item, yaml.MappingNode) for item in value.value)
+                )
+            ):
+                raise _Refused(
+                    value.start_mark,
+                    self._field("<<"),
+                    "<< merges a mapping (*alias) or a list of them into this mapping",
+                )
+            # 1 and 0x1, or true and True, are one key once read; others compare as written
+            read = key.tag in _READ_KEYS
+            first = seen.setdefault(
+                (key.tag, self.construct_object(key) if read else key.value), key
+            )
+            if first is not key:
+                raise _Refused(
+                    key.start_mark,
+                    self._field(str(key.value)),
+                    f"duplicate key {_cut(str(key.value))!r}, first at line "
+                    f"{first.start_mark.line + 1}; remove one of them",
+                )
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # a scalar its tag cannot read: int('twelve'), float('abc')
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{_short_tag(node.tag)} value {_cut(str(node.value))!r} cannot be read: "
+                f"{_cut(str(exc))}",
+                node.start_mark,
+            ) from None
+
+
+# A lone '=' is a string here, not YAML 1.1's "value" tag, which nothing constructs.
+_TeamLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _CORE + "value"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The data of the YAML file ``path`` and its node graph (for line numbers), or a
+    ``TeamSpecError`` that starts with the path and, where there is one, the line."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise TeamSpecError(f"{path}: cannot read the team spec: {exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise TeamSpecError(
+            f"{path}: the file is larger than a team spec may be ({MAX_FILE_BYTES:,} bytes, "
+            "1 MiB); it is read no further"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = data.count(b"\n", 0, exc.start) + 1
+        raise TeamSpecError(
+            f"{path}, line {bad_line}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start} ({exc.reason}); save the file as UTF-8"
+        ) from None
+    loader: _TeamLoader | None = None
+    try:
+        loader = _TeamLoader(text)
+        root = loader.get_single_node()
+        raw = loader.construct_document(root) if root is not None else None
+    except _Refused as exc:
+        line = f", line {exc.mark.line + 1}" if exc.mark else ""
+        raise TeamSpecError(_cut(f"{path}{line}: {exc.field}: {exc.message}", 1_000)) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        problem = exc.problem or exc.context or "not valid"
+        if exc.context and exc.problem:
+            context_line = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            problem = f"{exc.problem} ({exc.context}{context_line})"
+        column = f" (column {mark.column + 1})" if mark else ""
+        raise TeamSpecError(
+            _cut(f"{path}{line}: not valid YAML: {_shortened(problem)}{column}", 1_000)
+        ) from None
+    except yaml.reader.ReaderError as exc:
+        line_number = text.count("\n", 0, exc.position) + 1
+        raise TeamSpecError(
+            f"{path}, line {line_number}: not valid YAML: character #x{exc.character:04x} "
+            f"is not allowed in YAML ({exc.reason})"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise TeamSpecError(f"{path}: not valid YAML: {_cut(str(exc))}") from None
+    except RecursionError:  # a guard: nesting is limited above
+        raise TeamSpecError(f"{path}: nested too deeply to read") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return raw, root
+
+
+def _dagster_accepts_owner(owner: str) -> bool:
+    """Whether Dagster takes ``owner`` as an asset's owner (an email address or 'team:<name>'),
+    asked of Dagster itself so the spec and the location built from it cannot disagree."""
+    import dagster as dg
+
+    try:
+        dg.AssetSpec("owner_check", owners=[owner])
+    except dg.DagsterInvalidDefinitionError:
+        return False
+    return True
+
+
+def _cut(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+_QUOTED = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
+
+
+def _shortened(message: str) -> str:
+    """``message`` with every long quoted value in it cut, whoever wrote the message."""
+
+    def cut(match: re.Match[str]) -> str:
+        quoted = match.group()
+        inner = quoted[1:-1]
+        if len(inner) <= MAX_SHOWN:
+            return quoted
+        return f"{quoted[0]}{inner[:MAX_SHOWN]}…{quoted[0]} ({len(inner)} characters)"
+
+    return _QUOTED.sub(cut, message)
+
+
+def _joined(problems: list[str]) -> str:
+    """The problems, one a line, as many as fit in ``MAX_MESSAGE`` characters."""
+    shown: list[str] = []
+    size = 0
+    for problem in problems:
+        if shown and size + len(problem) > MAX_MESSAGE:
+            break
+        shown.append(problem)
+        size += len(problem) + 1
+    hidden = len(problems) - len(shown)
+    if hidden:
+        shown.append(f"… and {hidden} more problems")
+    return "\n".join(shown)
 
 
 def team_json_schema() -> dict[str, Any]:
@@ -451,10 +811,10 @@ def _plain(message: str) -> str:
 
 
 def _describe(path: Path, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> str:
-    field = ".".join(str(part) for part in loc) or "<top level>"
+    field = ".".join(_cut(str(part), 60) for part in loc) or "<top level>"
     line = _line_of(root, loc)
     where = f"{path}, line {line}" if line else str(path)
-    return f"{where}: {field}: {message}"
+    return _cut(f"{where}: {field}: {_shortened(message)}", 1_000)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

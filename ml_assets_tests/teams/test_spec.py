@@ -483,3 +483,260 @@ def test_unknown_sagemaker_serving_key_is_refused(tmp_path: Path) -> None:
     path = _with(tmp_path, lambda s: s.update(serving={"sagemaker": {"role": "x"}}))
     with pytest.raises(TeamSpecError, match=r"serving\.sagemaker: unknown keys \['role'\]"):
         load_team_spec(path)
+
+
+# --- Hostile or broken files: each is a TeamSpecError naming the file (and line and field) ----
+
+
+def _load_in_child(path: Path, timeout_s: float = 30.0) -> tuple[str, str]:
+    """``load_team_spec(path)`` in a child process with a 2 GiB address-space limit: the
+    outcome ('ok', 'TeamSpecError' or another exception's name, 'timeout') and the message."""
+    import subprocess
+
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from ml_assets.teams.spec import load_team_spec\n"
+        "try:\n"
+        "    load_team_spec(sys.argv[1])\n"
+        "    print('ok')\n"
+        "except BaseException as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "    print(exc)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+    outcome, _, message = done.stdout.partition("\n")
+    return outcome or f"exit {done.returncode}: {done.stderr[-500:]}", message.strip()
+
+
+def _problem(path: Path) -> str:
+    """The TeamSpecError message of loading ``path``, which starts with the path, without it
+    (the test's folder name is in the path)."""
+    message = _error(path)
+    assert message.startswith(str(path)), message[:300]
+    return message.removeprefix(str(path))
+
+
+HYPERPARAMETERS = "      hyperparameters:"
+
+
+def test_non_utf8_bytes_name_the_file_line_and_byte_offset(tmp_path: Path) -> None:
+    data = FRAUD_TEXT.encode().replace(b"Detects fraudulent", b"Detects fraudul\xe9nt")
+    path = tmp_path / "team.yaml"
+    path.write_bytes(data)
+    offset = data.index(b"\xe9")
+    message = _problem(path)
+    assert message.startswith(f", line {_line_of(FRAUD_TEXT, 'Detects')}: ")
+    assert "UTF-8" in message
+    assert f"byte offset {offset}" in message
+
+
+def test_deep_nesting_is_refused_without_a_recursion_error(tmp_path: Path) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    path, text = _replaced(tmp_path, "        max_iter: 200", f"        max_iter: {deep}")
+    message = _problem(path)
+    assert message.startswith(f", line {_line_of(text, 'max_iter')}: ")
+    assert "models.fraud_detector.trainer.hyperparameters.max_iter" in message
+    assert "levels deep" in message
+    assert len(message) < 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("!!float 'abc'", "abc"),
+        ("!!int twelve", "twelve"),
+        ("!!bool maybe", "maybe"),
+        ("!!int ''", "!!int"),
+        ("!!python/object/apply:os.system ['true']", "!!python/object/apply:os.system"),
+        ("!secret x", "!secret"),
+        ("!!binary aGVsbG8=", "!!binary"),
+        ("!!set {a, b}", "!!set"),
+    ],
+)
+def test_a_bad_tag_or_tagged_value_names_the_line(tmp_path: Path, value: str, problem: str) -> None:
+    rate = "        learning_rate: "
+    path, text = _replaced(tmp_path, rate + "0.1", rate + value)
+    message = _problem(path)
+    assert message.startswith(f", line {_line_of(text, 'learning_rate')}: ")
+    assert problem in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["prod", "[prod, staging]", "{name: prod}", "[]", "{}", "null"],
+    ids=["scalar", "list", "mapping", "empty-list", "empty-mapping", "null"],
+)
+def test_an_unknown_backend_setting_is_refused_with_the_known_ones(
+    tmp_path: Path, value: str
+) -> None:
+    path, text = _replaced(
+        tmp_path,
+        "allowed_backends: [local]\n",
+        f"allowed_backends: [local]\nbackends:\n  local:\n    namepsace: {value}\n",
+    )
+    message = _problem(path)
+    assert message.startswith(
+        f", line {_line_of(text, 'namepsace')}: backends.local.namepsace: unknown setting"
+    )
+    assert "python_executable, start_timeout_s, cancel_grace_s, pass_env" in message
+    assert "Dagster" not in message and len(message) < 500
+
+
+def test_an_unknown_kubernetes_setting_is_refused_not_ignored(tmp_path: Path) -> None:
+    path, text = _replaced(
+        tmp_path,
+        "allowed_backends: [local]\n",
+        "allowed_backends: [local, kubernetes]\nbackends:\n  kubernetes:\n"
+        "    image: ghcr.io/acme/ml:1\n    storage_root: s3://bucket/jobs\n"
+        "    namepsace: prod\n",
+    )
+    message = _problem(path)
+    assert f"line {_line_of(text, 'namepsace')}: backends.kubernetes.namepsace" in message
+    assert "namespace" in message
+
+
+def test_the_backend_resource_itself_refuses_unknown_settings() -> None:
+    from pydantic import ValidationError
+
+    from ml_assets.backends import backend_resource, configured_resource
+
+    for build in (backend_resource, configured_resource):
+        with pytest.raises(ValidationError, match="namepsace"):
+            build("local", {"namepsace": ["x"]})
+
+
+@pytest.mark.timeout(120)
+def test_an_alias_bomb_under_backends_is_refused_quickly(tmp_path: Path) -> None:
+    levels = ["    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb = "\n".join(levels)
+    path, _ = _replaced(
+        tmp_path,
+        "allowed_backends: [local]\n",
+        f"allowed_backends: [local]\nbackends:\n  local:\n{bomb}\n",
+    )
+    outcome, message = _load_in_child(path, timeout_s=60)
+    assert outcome == "TeamSpecError", (outcome, message[:500])
+    assert message.startswith(f"{path}, line ")
+    assert "aliases" in message.removeprefix(str(path))
+
+
+def test_a_scalar_unknown_backend_setting_does_not_load(tmp_path: Path) -> None:
+    path, _ = _replaced(
+        tmp_path,
+        "allowed_backends: [local]\n",
+        "allowed_backends: [local]\nbackends:\n  local:\n    start_timeout: 30\n",
+    )
+    assert "backends.local.start_timeout: unknown setting" in _error(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("team: fraud\n", "team: fraud\nteam: payments\n", "team"),
+        ("        max_iter: 200\n", "        max_iter: 200\n        max_iter: 5\n", "max_iter"),
+        ("      label: is_fraud\n", "      label: is_fraud\n      'label': y\n", "label"),
+        (
+            "    retry:\n      max_attempts: 2\n",
+            "    retry:\n      max_attempts: 2\n    retry: {max_attempts: 3}\n",
+            "retry",
+        ),
+    ],
+    ids=["top-level", "hyperparameter", "quoted", "mapping-value"],
+)
+def test_a_duplicate_key_names_both_lines(tmp_path: Path, old: str, new: str, key: str) -> None:
+    path, text = _replaced(tmp_path, old, new)
+    lines = [i for i, row in enumerate(text.splitlines(), 1) if re.match(rf"\s*'?{key}'?:", row)]
+    assert len(lines) == 2
+    message = _problem(path)
+    assert message.startswith(f", line {lines[1]}: ")
+    assert f"duplicate key '{key}'" in message
+    assert f"line {lines[0]}" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["&loop [1, *loop]", "&loop {a: 1, b: *loop}", "&loop\n          - *loop"],
+    ids=["list", "mapping", "block"],
+)
+def test_a_recursive_value_is_refused_at_load(tmp_path: Path, value: str) -> None:
+    text = FRAUD_TEXT.replace(TRAINER, "      function: ml_assets.teams.wine.train:fit").replace(
+        HYPERPARAMETERS + "\n", f"{HYPERPARAMETERS}\n        layers: {value}\n"
+    )
+    path = _write(tmp_path, text)
+    message = _problem(path)
+    assert message.startswith(f", line {_line_of(text, '*loop')}: ")
+    assert "models.fraud_detector.trainer.hyperparameters.layers." in message
+    assert "recursive" in message
+
+
+def test_aliases_that_are_not_recursive_still_load(tmp_path: Path) -> None:
+    path, _ = _replaced(
+        tmp_path,
+        "  - fraud-ml@example.com\n",
+        "  - &owner fraud-ml@example.com\n  - team:fraud\n",
+    )
+    assert load_team_spec(path).owners == ["fraud-ml@example.com", "team:fraud"]
+
+
+@pytest.mark.parametrize(
+    "owner", ["fraud ml", "team:", "fraud-ml@", "@example.com", "Fraud <f@example.com>"]
+)
+def test_an_owner_dagster_would_refuse_is_refused_at_load(tmp_path: Path, owner: str) -> None:
+    path, text = _replaced(tmp_path, "  - fraud-ml@example.com", f"  - {owner!r}")
+    message = _problem(path)
+    assert message.startswith(f", line {_line_of(text, repr(owner))}: owners.0: ")
+    assert "email" in message and "team:" in message
+
+
+@pytest.mark.parametrize("owner", ["ml-oncall@example.co.uk", "team:risk", "team:fraud"])
+def test_an_owner_the_spec_accepts_dagster_accepts(tmp_path: Path, owner: str) -> None:
+    import dagster as dg
+
+    path, _ = _replaced(tmp_path, "  - fraud-ml@example.com", f"  - {owner!r}")
+    spec = load_team_spec(path)
+    dg.AssetSpec("x", owners=spec.owner_tags)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("    backend: local", "    backend: {value}"),
+        ("      function: hist_gradient_boosting", "      function: {value}"),
+        ("      asset: platform/raw_card_transactions", "      asset: a {value}"),
+        ("        max_iter: 200", "        ? {value}\n        : 200"),
+    ],
+    ids=["backend", "trainer", "asset", "key"],
+)
+def test_a_huge_value_is_cut_in_the_message(tmp_path: Path, old: str, new: str) -> None:
+    value = "x" * 1_000_000
+    path, _ = _replaced(tmp_path, old, new.format(value=value))
+    message = _problem(path)
+    assert message.startswith(", line ")
+    assert len(message) < 2000
+    assert re.search(r"x{190}…' \(100000[02] characters\)", message), message[:1000]
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path, _ = _replaced(tmp_path, "description: Detects", "description: " + "x" * (1 << 20))
+    message = _problem(path)
+    assert message.startswith(": ")
+    assert "1 MiB" in message and len(message) < 300
+
+
+def test_many_problems_make_a_bounded_message(tmp_path: Path) -> None:
+    extra = "".join(f"k{i}: {'y' * 300}\n" for i in range(2000))
+    path = _write(tmp_path, FRAUD_TEXT + extra)
+    message = _problem(path)
+    assert message.startswith(", line ")
+    assert len(message) < 8000
+    assert "more problems" in message
