@@ -491,6 +491,9 @@ def main() -> None:
     parser.add_argument("--warm-ticks", type=int, default=3)
     parser.add_argument("--daemon-seconds", type=float, default=0.0)
     parser.add_argument("--drain-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--max-burst-ticks", type=int, default=0, help="stop the burst after this many (0: all)"
+    )
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
@@ -610,7 +613,10 @@ def main() -> None:
                 began = time.perf_counter()
                 deadline = time.monotonic() + args.drain_minutes * 60
                 idle = 0
+                most = args.max_burst_ticks or sys.maxsize
                 while recorded < n and time.monotonic() < deadline and idle < 5:
+                    if len(drain) >= most:
+                        break
                     tick = driver.tick(profile("burst_tick") if not drain else None)
                     drain.append(tick)
                     recorded += tick.materializations

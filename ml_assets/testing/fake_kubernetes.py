@@ -86,6 +86,8 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 _LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _POD_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _CONTROLLER_PERIOD_S = 0.05
+# How often the TTL controller looks for finished Jobs to delete (it walks every Job).
+_REAP_PERIOD_S = 0.5
 
 
 def _timestamp(wall: float) -> str:
@@ -217,6 +219,7 @@ class FakeKubernetes(LoopbackServer):
         self._pods: dict[tuple[str, str], FakeJob] = {}  # (namespace, pod name) -> its job
         self._state_lock = threading.Lock()
         self._version = 0
+        self._reaped_at = 0.0
         for method, pattern, handler in (
             ("POST", JOBS, self._create_job),
             ("GET", JOBS, self._list_jobs),
@@ -291,8 +294,10 @@ class FakeKubernetes(LoopbackServer):
     def tick(self) -> None:
         # Like kube-controller-manager: start pods whose pending time is over, reap finished
         # jobs past their TTL. Reads refresh state too, so this only adds timeliness.
-        self.processes.all()
-        self._reap_expired()
+        self.processes.refresh_active()
+        if time.monotonic() - self._reaped_at >= _REAP_PERIOD_S:
+            self._reap_expired()
+            self._reaped_at = time.monotonic()
 
     def _reap_expired(self) -> None:
         now = time.monotonic()

@@ -349,6 +349,8 @@ class ProcessJobs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.pending_s = pending_s
         self.jobs: dict[str, ProcessJob] = {}
+        # Jobs whose state can change on its own: neither held nor ended.
+        self._active: set[str] = set()
         self._lock = threading.RLock()
 
     def add(
@@ -380,6 +382,8 @@ class ProcessJobs:
             )
             job.log_path.touch()
             self.jobs[job_id] = job
+            if not job.held:
+                self._active.add(job_id)
             return job
 
     def end_held(self, job_ids: list[str], returncode: int = 0) -> list[str]:
@@ -406,9 +410,15 @@ class ProcessJobs:
 
     def all(self) -> list[ProcessJob]:
         with self._lock:
-            for job in self.jobs.values():
-                self._refresh(job)
+            self.refresh_active()
             return list(self.jobs.values())
+
+    def refresh_active(self) -> None:
+        """Start the jobs whose pending time is over and collect exit codes (held and ended
+        jobs cannot change on their own, so thousands of them cost a controller nothing)."""
+        with self._lock:
+            for job_id in list(self._active):
+                self._refresh(self.jobs[job_id])
 
     def cancel(self, job_id: str) -> ProcessJob | None:
         """Kill the job's whole process group; a finished job stays as it ended."""
@@ -440,6 +450,7 @@ class ProcessJobs:
 
     def _refresh(self, job: ProcessJob) -> None:
         if job.cancelled or job.returncode is not None or job.held:
+            self._active.discard(job.job_id)
             return
         if job.process is None:
             if time.monotonic() - job.created_at < job.pending_s:
@@ -457,6 +468,7 @@ class ProcessJobs:
         if code is not None:
             job.returncode = code
             job.finished_at = time.monotonic()
+            self._active.discard(job.job_id)
 
     def _start(self, job: ProcessJob) -> subprocess.Popen[bytes]:
         argv = list(job.argv)
