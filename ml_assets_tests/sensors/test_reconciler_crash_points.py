@@ -19,35 +19,14 @@ import pytest
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event, submit
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus
+from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.sensors.reconciler import TERMINAL_EVENTS, build_reconciler_sensor
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets_tests.sensors.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(300)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
-
-
-class Ledger:
-    """A backend whose jobs are in the states the test sets; submit is idempotent by name."""
-
-    name = "local"
-
-    def __init__(self) -> None:
-        self.states: dict[str, JobState] = {}
-
-    def submit(self, spec: JobSpec) -> JobHandle:
-        self.states.setdefault(spec.job_name, JobState.QUEUED)
-        return JobHandle.for_spec(self.name, spec, {})
-
-    def poll(self, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        return {h.job_id: JobStatus(job_id=h.job_id, state=self.states[h.job_id]) for h in handles}
-
-    def cancel(self, handle: JobHandle) -> None:
-        self.states[handle.job_id] = JobState.CANCELLED
-
-    def logs(self, handle: JobHandle, tail: int = 100) -> str:
-        return "the last lines of the job's log"
 
 
 def _messages(folder: str, *messages: tuple[str, dict[str, object]]) -> None:

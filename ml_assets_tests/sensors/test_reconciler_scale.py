@@ -17,7 +17,7 @@ import pytest
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
 from ml_assets.assets.training import TRAINING_CHECK, build_job_spec, submission_event
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus
+from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.sensors.reconciler import (
     MAX_EVENTS,
     MAX_PROGRESS_READS,
@@ -27,32 +27,10 @@ from ml_assets.sensors.reconciler import (
 )
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets_tests.sensors.ledger import Ledger
 
 pytestmark = pytest.mark.timeout(300)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
-
-
-class Ledger:
-    """A backend whose jobs are what the test says they are."""
-
-    name = "local"
-
-    def __init__(self) -> None:
-        self.states: dict[str, JobState] = {}
-        self.polled = 0
-
-    def submit(self, spec: JobSpec) -> JobHandle:
-        raise AssertionError("no job is retried in these tests")
-
-    def poll(self, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        self.polled += 1
-        return {h.job_id: JobStatus(job_id=h.job_id, state=self.states[h.job_id]) for h in handles}
-
-    def cancel(self, handle: JobHandle) -> None:
-        raise AssertionError("nothing is cancelled in these tests")
-
-    def logs(self, handle: JobHandle, tail: int = 100) -> str:
-        return ""
 
 
 def _message(method: str, params: dict[str, object]) -> str:
