@@ -9,7 +9,6 @@ the event log itself.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -18,55 +17,35 @@ import dagster as dg
 import pytest
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import build_job_spec, submission_event, submit
+from ml_assets.assets.training import submission_event, submit
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.sensors.reconciler import TERMINAL_EVENTS, build_reconciler_sensor
-from ml_assets.teams.spec import TeamSpec, load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver
-from ml_assets_tests.sensors.ledger import Ledger
+from ml_assets_tests.sensors.ledger import (
+    Ledger,
+    clinical_job,
+    clinical_team,
+    report_model,
+    write_messages,
+)
 
 pytestmark = pytest.mark.timeout(300)
-TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
-
-
-def _messages(folder: str, *messages: tuple[str, dict[str, object]]) -> None:
-    lines = [
-        json.dumps({"__dagster_pipes_version": "0.1", "method": method, "params": params})
-        for method, params in messages
-    ]
-    Path(folder, "messages.jsonl").write_text("".join(line + "\n" for line in lines))
 
 
 def _succeed(ledger: Ledger, handle: JobHandle) -> None:
-    Path(handle.output_uri, "model.joblib").write_bytes(b"m")
-    _messages(
-        handle.output_uri,
-        ("report_asset_materialization", {"metadata": {"artifact": "model.joblib"}}),
-    )
+    report_model(handle.output_uri)
     ledger.states[handle.job_id] = JobState.SUCCEEDED
-
-
-def _team() -> TeamSpec:
-    return load_team_spec(TEAMS / "clinical" / "team.yaml")
 
 
 def _scenario(instance: dg.DagsterInstance, home: Path) -> tuple[SensorDriver, Ledger, dict]:
     """Three jobs in flight and seen once; then one succeeds, one fails (a retry is due) and
     one raises an error that retrying cannot fix."""
-    team = _team()
-    model = ModelContext(team, "tumor_classifier")
+    team = clinical_team()
     ledger = Ledger()
     handles = {}
     for name in ("good", "flaky", "broken"):
         run_id = str(uuid.uuid4())
-        spec = build_job_spec(
-            model,
-            run_id=run_id,
-            features_uri="/data/features.parquet",
-            features_data_version="abc123",
-            home=home,
-            storage_root=None,
-        )
+        model, spec = clinical_job(home, run_id)
         handles[name] = submit(ledger, spec)
         instance.report_runless_asset_event(
             submission_event(
@@ -84,7 +63,7 @@ def _scenario(instance: dg.DagsterInstance, home: Path) -> tuple[SensorDriver, L
     daemon.tick()
     _succeed(ledger, handles["good"])
     ledger.states[handles["flaky"].job_id] = JobState.FAILED
-    _messages(
+    write_messages(
         handles["broken"].output_uri,
         ("closed", {"exception": {"name": "ValueError", "message": "C must be > 0"}}),
     )
@@ -93,7 +72,7 @@ def _scenario(instance: dg.DagsterInstance, home: Path) -> tuple[SensorDriver, L
 
 
 def _events(instance: dg.DagsterInstance) -> list[tuple[str, str]]:
-    key = ModelContext(_team(), "tumor_classifier").keys.trained
+    key = ModelContext(clinical_team(), "tumor_classifier").keys.trained
     records = [
         *instance.fetch_observations(key, limit=1000).records,
         *instance.fetch_materializations(key, limit=1000).records,

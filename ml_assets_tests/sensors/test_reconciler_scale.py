@@ -8,7 +8,6 @@ is the reconciler's budget, not a backend (the backends have their own contract 
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import dagster as dg
 import pytest
 
 from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
-from ml_assets.assets.training import TRAINING_CHECK, build_job_spec, submission_event
+from ml_assets.assets.training import TRAINING_CHECK, submission_event
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.sensors.reconciler import (
     MAX_EVENTS,
@@ -25,37 +24,24 @@ from ml_assets.sensors.reconciler import (
     ReconcilerCursor,
     build_reconciler_sensor,
 )
-from ml_assets.teams.spec import TeamSpec, load_team_spec
 from ml_assets.testing.sensor_driver import SensorDriver
-from ml_assets_tests.sensors.ledger import Ledger
+from ml_assets_tests.sensors.ledger import (
+    Ledger,
+    clinical_job,
+    clinical_team,
+    report_model,
+    write_messages,
+)
 
 pytestmark = pytest.mark.timeout(300)
-TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"
-
-
-def _message(method: str, params: dict[str, object]) -> str:
-    return json.dumps({"__dagster_pipes_version": "0.1", "method": method, "params": params})
-
-
-def _team() -> TeamSpec:
-    return load_team_spec(TEAMS / "clinical" / "team.yaml")
 
 
 def put_in_flight(
     instance: dg.DagsterInstance, home: Path, jobs: int
 ) -> tuple[ReconcilerCursor, Ledger, list[Path]]:
     """``jobs`` queued jobs in a cursor, sharing one real submission record's spec."""
-    team = _team()
-    model = ModelContext(team, "tumor_classifier")
     run_id = str(uuid.uuid4())
-    spec = build_job_spec(
-        model,
-        run_id=run_id,
-        features_uri="/data/features.parquet",
-        features_data_version="abc123",
-        home=home,
-        storage_root=None,
-    )
+    model, spec = clinical_job(home, run_id)
     template = JobHandle.for_spec("local", spec, {})
     instance.report_runless_asset_event(
         submission_event(
@@ -92,16 +78,12 @@ def put_in_flight(
 def finish(ledger: Ledger, folders: list[Path]) -> None:
     """Every job writes its model and reports it, then ends."""
     for folder in folders:
-        (folder / "model.joblib").write_bytes(b"m")
-        (folder / "messages.jsonl").write_text(
-            _message("report_asset_materialization", {"metadata": {"artifact": "model.joblib"}})
-            + "\n"
-        )
+        report_model(folder)
         ledger.states[folder.name] = JobState.SUCCEEDED
 
 
 def materialized_job_ids(instance: dg.DagsterInstance) -> list[str]:
-    key = ModelContext(_team(), "tumor_classifier").keys.trained
+    key = ModelContext(clinical_team(), "tumor_classifier").keys.trained
     records = instance.fetch_materializations(key, limit=10_000).records
     return [r.asset_materialization.tags[JOB_ID_TAG] for r in records]  # type: ignore[union-attr]
 
@@ -110,7 +92,7 @@ def test_ten_thousand_jobs_in_flight_make_a_bounded_tick(
     instance: dg.DagsterInstance, ml_home: Path
 ) -> None:
     cursor, ledger, folders = put_in_flight(instance, ml_home, 10_000)
-    sensor = build_reconciler_sensor(_team(), backends={"local": ledger})
+    sensor = build_reconciler_sensor(clinical_team(), backends={"local": ledger})
     daemon = SensorDriver(instance, sensor)
     daemon.cursor = cursor.model_dump_json()
 
@@ -119,9 +101,7 @@ def test_ten_thousand_jobs_in_flight_make_a_bounded_tick(
     assert ledger.polled == 1  # one batched poll for all of them
 
     for folder in folders:  # every job starts and reports its first epoch at once
-        (folder / "messages.jsonl").write_text(
-            _message("report_custom_message", {"payload": {"progress": 0.1, "step": 1}}) + "\n"
-        )
+        write_messages(folder, ("report_custom_message", {"payload": {"progress": 0.1, "step": 1}}))
         ledger.states[folder.name] = JobState.RUNNING
     started = daemon.tick()
     assert 0 < len(started.asset_events) <= min(MAX_EVENTS, MAX_PROGRESS_READS)
@@ -144,7 +124,7 @@ def test_a_burst_beyond_the_cap_drains_exactly_once_across_a_crash(
 ) -> None:
     cursor, ledger, folders = put_in_flight(instance, ml_home, 1_000)
     cap = 300
-    sensor = build_reconciler_sensor(_team(), backends={"local": ledger}, max_events=cap)
+    sensor = build_reconciler_sensor(clinical_team(), backends={"local": ledger}, max_events=cap)
     daemon = SensorDriver(instance, sensor)
     daemon.cursor = cursor.model_dump_json()
     finish(ledger, folders)
@@ -165,7 +145,7 @@ def test_a_burst_beyond_the_cap_drains_exactly_once_across_a_crash(
     assert len(ids) == 1_000 and len(set(ids)) == 1_000, "each job recorded exactly once"
     assert ReconcilerCursor.parse(daemon.cursor).inflight == {}
     # One passing training check for the model, not one per job.
-    key = ModelContext(_team(), "tumor_classifier").keys.trained
+    key = ModelContext(clinical_team(), "tumor_classifier").keys.trained
     check = dg.AssetCheckKey(key, TRAINING_CHECK)
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check])
     assert latest[check].status.value == "SUCCEEDED"
