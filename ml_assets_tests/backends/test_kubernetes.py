@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ml_assets import transport
 from ml_assets.backends import load_backend, remote
-from ml_assets.backends.base import JobHandle, JobState, JobStatus, Resources
+from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.kubernetes import (
     CANCELLED_MARKER,
     GPU_NODE_SELECTORS,
@@ -887,3 +887,33 @@ def test_poll_retries_a_list_answer_whose_body_breaks_off(
 
     assert backend.poll([handle])[handle.job_id].state == JobState.RUNNING
     assert broken == [0]
+
+
+def test_an_image_trainers_job_body_is_a_valid_v1_job_for_the_sdk() -> None:
+    """The kubernetes client's own V1Job model takes the body whole: nothing the backend sends
+    for a team's image, command, working directory and GPU is unknown to it or lost."""
+    spec = JobSpec(
+        team="screening",
+        model="malignancy_screen",
+        command=["python", "train.py"],
+        output_uri="/shared/jobs/x",
+        idempotency_key="screening/malignancy_screen/run/1",
+        backend="kubernetes",
+        image="ghcr.io/acme/screening:1.0",
+        staged=False,
+        working_dir="/app",
+        env={"DAGSTER_PIPES_CONTEXT": "abc"},
+        resources=Resources(cpu=2, memory_gb=4, gpu_count=1, gpu_type="nvidia-tesla-t4"),
+    )
+    settings = KubernetesBackendResource(namespace="ml", image="base:1", storage_root="/shared")
+    body = build_job_body(spec, settings)
+
+    class Response:
+        data = json.dumps(body)
+
+    sdk = k8s.ApiClient()
+    job = sdk.deserialize(Response(), "V1Job")
+    assert sdk.sanitize_for_serialization(job) == body
+    container = job.spec.template.spec.containers[0]
+    assert (container.image, container.working_dir) == ("ghcr.io/acme/screening:1.0", "/app")
+    assert container.command == ["python", "train.py"]
