@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
+from ml_assets_testing.mlflow_server import mlflow_server
 from sklearn.linear_model import LogisticRegression
 
 from ml_assets.registries import team_registry
 from ml_assets.registries.base import PRODUCTION, RegistrationRequest
-from ml_assets.testing.mlflow_server import mlflow_server
 
 MODEL = "bench.model"
 
@@ -57,7 +57,7 @@ def registry_settings(kind: str, root: Path) -> Iterator[tuple[str, dict[str, ob
         yield "wandb", {"mode": "offline"}
         return
     if kind == "sagemaker":
-        from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
+        from ml_assets_testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
 
         os.environ.update(TEST_ENVIRONMENT)
         with moto_server(buckets=["bench-registry"]) as url:

@@ -35,7 +35,7 @@ def main() -> None:
     print(f"one poll over {args.jobs} in-flight jobs; baseline: {args.jobs} calls (one per job)")
     print(f"{'backend':<12} {'calls':>6} {'vs baseline':>12}  routes")
     for name in args.backends.split(","):
-        fake = importlib.import_module(f"ml_assets.testing.fake_{name}")
+        fake = importlib.import_module(f"ml_assets_testing.fake_{name}")
         counted = fake.count_poll_calls(args.jobs, **PENDING_ARGUMENTS[name])
         assert counted["jobs"] == args.jobs, counted
         routes = ", ".join(f"{route} x{count}" for route, count in counted["by_route"].items())

@@ -6,7 +6,7 @@
 
 What it does, on this machine:
 
-1. Starts the Kubernetes loopback fake (``ml_assets.testing.fake_kubernetes``) in a process of
+1. Starts the Kubernetes loopback fake (``ml_assets_testing.fake_kubernetes``) in a process of
    its own (an API server is not in the sensor's process; in the same process its threads would
    take the GIL from the tick being measured). It holds every job it is given in ``--held``
    state without running its command, and answers every call 20 ms late (``Faults``).
@@ -81,8 +81,8 @@ POSTGRES = {"hostname": "127.0.0.1", "port": 5432, "username": "postgres", "pass
 
 def _serve_fake(conn: Connection, root: str, held: str) -> None:
     """The fake's process: start it, then answer the bench's commands until ``stop``."""
-    from ml_assets.testing.fake_kubernetes import FakeKubernetes
-    from ml_assets.testing.fakes import Faults
+    from ml_assets_testing.fake_kubernetes import FakeKubernetes
+    from ml_assets_testing.fakes import Faults
 
     fake = FakeKubernetes(Path(root) / "fake", faults=Faults(), hold=held, pending_s=1e9)
     with fake:
@@ -318,7 +318,7 @@ class Driver:
     """``SensorDriver`` with each tick's evaluation, storing and polling timed apart."""
 
     def __init__(self, instance: Any, sensor: Any, backend: TimedBackend) -> None:
-        from ml_assets.testing.sensor_driver import SensorDriver
+        from ml_assets_testing.sensor_driver import SensorDriver
 
         self.driver = SensorDriver(instance, sensor)
         self.backend = backend

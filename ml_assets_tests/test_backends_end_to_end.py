@@ -19,6 +19,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
+from ml_assets_testing.sensor_driver import SensorDriver
 
 from ml_assets import transport
 from ml_assets.assets.common import ModelKeys
@@ -28,7 +29,6 @@ from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
-from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "team.yaml"
@@ -37,7 +37,7 @@ KEYS = ModelKeys("clinical", "tumor_classifier")
 
 @contextlib.contextmanager
 def kubernetes(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    from ml_assets.testing.fake_kubernetes import FakeKubernetes
+    from ml_assets_testing.fake_kubernetes import FakeKubernetes
 
     with FakeKubernetes(root / "fake") as fake:
         settings = fake.settings(str(root / "storage")).model_dump(exclude_none=True)
@@ -46,7 +46,7 @@ def kubernetes(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
 
 @contextlib.contextmanager
 def vertex(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator
+    from ml_assets_testing.fake_vertex import FakeVertex, GcsEmulator
 
     with (
         GcsEmulator(["clinical-training"]) as gcs,
@@ -58,7 +58,7 @@ def vertex(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, An
 
 @contextlib.contextmanager
 def sagemaker(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    from ml_assets.testing.fake_sagemaker import FakeSageMaker, use_fake_aws
+    from ml_assets_testing.fake_sagemaker import FakeSageMaker, use_fake_aws
 
     with FakeSageMaker(root / "sagemaker") as fake:
         use_fake_aws(fake, monkeypatch)
@@ -67,7 +67,7 @@ def sagemaker(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
 
 @contextlib.contextmanager
 def databricks(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    from ml_assets.testing.fake_databricks import FakeDatabricks
+    from ml_assets_testing.fake_databricks import FakeDatabricks
 
     with FakeDatabricks(root / "databricks") as fake:
         for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from ml_assets_testing.sensor_driver import SensorDriver
 
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.evaluation import THRESHOLD_CHECK
@@ -21,7 +22,6 @@ from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.tables import file_sha256
 from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
-from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TEAMS_DIR = Path(__file__).parents[1] / "ml_assets" / "teams"

@@ -141,3 +141,30 @@ def test_every_shipped_location_is_checked() -> None:
         "ml_assets.teams.vision.definitions",
         "ml_assets.teams.wine.definitions",
     } <= set(LOCATIONS)
+
+
+DEV_ONLY = ["ml_assets_testing", "moto", "gcp_storage_emulator", "pytest", "playwright"]
+
+
+def test_no_shipped_module_imports_a_dev_only_package() -> None:
+    """Every module of the wheel, imported together, pulls in nothing of the testing kit."""
+    modules = sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in (ROOT / "ml_assets").rglob("*.py")
+    )
+    assert "ml_assets.backends.kubernetes" in modules and len(modules) > 40
+    then = "\n".join(f"import {module}" for module in modules)
+    assert imported("ml_assets", DEV_ONLY, then=then) == []
+
+
+def test_the_wheel_holds_neither_the_testing_kit_nor_the_tests() -> None:
+    import tomllib
+
+    import setuptools
+
+    rules = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = setuptools.find_packages(str(ROOT), **rules["packages"]["find"])
+    assert "ml_assets.backends" in found
+    assert not [
+        name for name in found if not (name == "ml_assets" or name.startswith("ml_assets."))
+    ]

@@ -23,8 +23,10 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from ml_assets_testing.pipeline import build_raw, run_chain
+from ml_assets_testing.sensor_driver import SensorDriver
 
-from ml_assets.assets.common import EVENT_TAG, ModelKeys
+from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.evaluation import THRESHOLD_CHECK
 from ml_assets.assets.registration import registry_for
 from ml_assets.assets.training import SUBMITTED
@@ -33,9 +35,8 @@ from ml_assets.evaluation import TASK_METRICS
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.sensors.reconciler import MATERIALIZED, PROGRESS
 from ml_assets.tables import file_sha256
+from ml_assets.tags import EVENT_TAG
 from ml_assets.teams.spec import load_team_spec
-from ml_assets.testing.pipeline import build_raw, run_chain
-from ml_assets.testing.sensor_driver import SensorDriver
 from ml_assets.training.messages import MESSAGES_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -15,15 +15,15 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pytest
+from ml_assets_testing.mlflow_server import mlflow_server
+from ml_assets_testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
+from ml_assets_testing.pipeline import build_raw, run_chain, train
 
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import registry_for
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
-from ml_assets.testing.mlflow_server import mlflow_server
-from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, moto_server
-from ml_assets.testing.pipeline import build_raw, run_chain, train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 CLINICAL = Path(__file__).parents[1] / "ml_assets" / "teams" / "clinical" / "team.yaml"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ml_assets_testing.moto_server import REGION, TEST_ENVIRONMENT, create_buckets, moto_server
 
 from ml_assets.registries.base import PRODUCTION, ModelVersion, RegistrationRequest
 from ml_assets.registries.sagemaker import SageMakerRegistry, boto3_client
@@ -18,7 +19,6 @@ from ml_assets.serving.sagemaker import (
     model_request,
     sagemaker_endpoint_spec,
 )
-from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, create_buckets, moto_server
 
 pytestmark = pytest.mark.timeout(120)
 

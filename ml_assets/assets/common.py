@@ -9,13 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.data_version import CODE_VERSION_TAG
 
+from ml_assets.dagster_private import CODE_VERSION_TAG
+from ml_assets.tags import TEAM_TAG
 from ml_assets.teams.spec import ModelSpec, TeamSpec
-
-EVENT_TAG = "ml_assets/event"
-JOB_ID_TAG = "ml_assets/job_id"
-TEAM_TAG = "ml_assets/team"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ml_assets.registries.base import (
     ModelRegistry,
     ModelVersion,
 )
+from ml_assets.tags import TEAM_TAG
 from ml_assets.teams.spec import PromotionSpec, TeamSpec
 
 PROMOTION_LOGIC_VERSION = "2"
@@ -497,7 +498,7 @@ def build_rollback_job(team: TeamSpec) -> dg.JobDefinition:
         name=f"{team.team}_rollback",
         description="Point a model's production alias back at the version it replaced (or at "
         "`to_version`); the rollback is recorded on both versions and on the promoted asset.",
-        tags={"ml_assets/team": team.team},
+        tags={TEAM_TAG: team.team},
     )
     def rollback_job() -> None:
         rollback_production()

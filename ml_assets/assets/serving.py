@@ -31,6 +31,7 @@ from ml_assets.assets.common import ModelContext, code_version
 from ml_assets.assets.evaluation import Scoring
 from ml_assets.assets.registration import registry_for
 from ml_assets.registries.base import PRODUCTION, ModelVersion
+from ml_assets.tags import KUBERNETES_TEAM_LABEL
 
 SERVING_LOGIC_VERSION = "2"
 SMOKE_TEST = "smoke_test"
@@ -159,7 +160,7 @@ def serving_spec(
             version.version,
             storage_uri,
             namespace=team.serving.kserve_namespace,
-            labels={"ml-assets/team": team.team},
+            labels={KUBERNETES_TEAM_LABEL: team.team},
         )
         (out_dir / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         spec["model_dir"] = str(out_dir / "model")

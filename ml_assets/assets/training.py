@@ -12,14 +12,9 @@ import dagster as dg
 from dagster_pipes import decode_param
 
 from ml_assets import storage, transport
-from ml_assets.assets.common import (
-    EVENT_TAG,
-    JOB_ID_TAG,
-    ModelContext,
-    code_version,
-    latest_metadata,
-)
+from ml_assets.assets.common import ModelContext, code_version, latest_metadata
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, idempotency_key, job_name_for
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TrainerSpec
 from ml_assets.training.builtin import BUILTIN_TRAINERS
 from ml_assets.training.messages import messages_params, pipes_context, pipes_env

@@ -92,6 +92,7 @@ from pydantic import Field
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.resource import BackendResource
+from ml_assets.tags import RESOURCE_JOB_TAG, RESOURCE_KEY_TAG, RESOURCE_MODEL_TAG, RESOURCE_TEAM_TAG
 
 PACKAGE_NAME = "ml_assets"
 ENTRY_POINT = "ml-assets-job"
@@ -102,10 +103,6 @@ SINGLE_NODE_CONF = {
     "spark.master": "local[*, 4]",
 }
 # Tags on the run's cluster, so a run (and its cost) can be traced back to its team and key.
-TEAM_TAG = "ml_assets_team"
-MODEL_TAG = "ml_assets_model"
-JOB_TAG = "ml_assets_job"
-KEY_TAG = "ml_assets_key_hash"
 
 # 500 and 504 answers, which the SDK raises at once, are retried this often, backing off.
 _SERVER_ERROR_ATTEMPTS = 4
@@ -345,10 +342,10 @@ def build_submit_request(spec: JobSpec, settings: DatabricksBackendResource) -> 
     token = idempotency_token(spec)
     tags = {
         **spec.labels,
-        TEAM_TAG: spec.team,
-        MODEL_TAG: spec.model,
-        JOB_TAG: spec.job_name,
-        KEY_TAG: token,
+        RESOURCE_TEAM_TAG: spec.team,
+        RESOURCE_MODEL_TAG: spec.model,
+        RESOURCE_JOB_TAG: spec.job_name,
+        RESOURCE_KEY_TAG: token,
         "ResourceClass": "SingleNode",
     }
     if spec.image:

@@ -65,14 +65,16 @@ from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.resource import BackendResource
+from ml_assets.tags import (
+    KUBERNETES_KEY_ANNOTATION,
+    KUBERNETES_KEY_HASH_LABEL,
+    KUBERNETES_MODEL_LABEL,
+    KUBERNETES_OUTPUT_ANNOTATION,
+    KUBERNETES_TEAM_LABEL,
+)
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "ml-assets"
-TEAM_LABEL = "ml-assets/team"
-MODEL_LABEL = "ml-assets/model"
-KEY_HASH_LABEL = "ml-assets/key-hash"
-KEY_ANNOTATION = "ml-assets/idempotency-key"
-OUTPUT_ANNOTATION = "ml-assets/output-uri"
 # The label the Job controller puts on a Job's pods.
 POD_JOB_LABEL = "job-name"
 CONTAINER_NAME = "trainer"
@@ -183,7 +185,7 @@ def key_hash(key: str) -> str:
 def team_selector(team: str) -> str:
     """The label selector of one team's jobs (all ml_assets jobs when ``team`` is empty)."""
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
-    return f"{selector},{TEAM_LABEL}={label_value(team)}" if team else selector
+    return f"{selector},{KUBERNETES_TEAM_LABEL}={label_value(team)}" if team else selector
 
 
 def _check_label_key(key: str) -> None:
@@ -204,9 +206,9 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     return {
         **{key: label_value(value) for key, value in spec.labels.items()},
         MANAGED_BY_LABEL: MANAGED_BY,
-        TEAM_LABEL: label_value(spec.team),
-        MODEL_LABEL: label_value(spec.model),
-        KEY_HASH_LABEL: key_hash(spec.idempotency_key),
+        KUBERNETES_TEAM_LABEL: label_value(spec.team),
+        KUBERNETES_MODEL_LABEL: label_value(spec.model),
+        KUBERNETES_KEY_HASH_LABEL: key_hash(spec.idempotency_key),
     }
 
 
@@ -338,8 +340,8 @@ def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[s
             "namespace": settings.namespace,
             "labels": labels,
             "annotations": {
-                KEY_ANNOTATION: spec.idempotency_key,
-                OUTPUT_ANNOTATION: spec.output_uri,
+                KUBERNETES_KEY_ANNOTATION: spec.idempotency_key,
+                KUBERNETES_OUTPUT_ANNOTATION: spec.output_uri,
             },
         },
         "spec": job_spec,
@@ -437,7 +439,7 @@ def listed_job(item: Mapping[str, Any]) -> ListedJob:
     """The ``ListedJob`` of one item of a raw ``JobList`` (plain JSON, no client models)."""
     metadata = item.get("metadata") or {}
     status = item.get("status") or {}
-    owner = (metadata.get("annotations") or {}).get(KEY_ANNOTATION)
+    owner = (metadata.get("annotations") or {}).get(KUBERNETES_KEY_ANNOTATION)
     finished = None
     for condition in status.get("conditions") or []:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
@@ -502,7 +504,7 @@ class KubernetesBackend:
         )
 
     def _check_owner(self, job: Any, key: str) -> None:
-        owner = _annotation(job, KEY_ANNOTATION)
+        owner = _annotation(job, KUBERNETES_KEY_ANNOTATION)
         if owner != key:
             raise JobNameConflict(
                 f"Kubernetes job {job.metadata.namespace}/{job.metadata.name} belongs to "

@@ -87,12 +87,14 @@ from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.resource import BackendResource
+from ml_assets.tags import (
+    RESOURCE_KEY_LABEL,
+    RESOURCE_MODEL_TAG,
+    RESOURCE_TEAM_TAG,
+)
 
 # Labels every CustomJob carries; the team label is what poll filters on, the key label what
 # finds the job of one idempotency key.
-TEAM_LABEL = "ml_assets_team"
-MODEL_LABEL = "ml_assets_model"
-KEY_LABEL = "ml_assets_key"
 MAX_LABELS = 64
 
 CLAIM_FILE = "_vertex_claim.json"
@@ -250,7 +252,8 @@ def label_key(text: str) -> str:
 
 
 def key_label(idempotency_key: str) -> str:
-    """The value of ``KEY_LABEL``: a hash of the idempotency key (keys are not label-safe)."""
+    """The value of ``RESOURCE_KEY_LABEL``: a hash of the idempotency key, which is not
+    label-safe."""
     return hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
 
 
@@ -259,9 +262,9 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     labels = {label_key(key): label_value(value) for key, value in spec.labels.items()}
     labels.update(
         {
-            TEAM_LABEL: label_value(spec.team),
-            MODEL_LABEL: label_value(spec.model),
-            KEY_LABEL: key_label(spec.idempotency_key),
+            RESOURCE_TEAM_TAG: label_value(spec.team),
+            RESOURCE_MODEL_TAG: label_value(spec.model),
+            RESOURCE_KEY_LABEL: key_label(spec.idempotency_key),
         }
     )
     if len(labels) > MAX_LABELS:
@@ -634,8 +637,8 @@ class VertexBackend:
     def _find(self, spec: JobSpec) -> Any:
         """The earliest CustomJob labelled with the spec's key, or ``None``."""
         query = (
-            f'labels.{TEAM_LABEL}="{label_value(spec.team)}" AND '
-            f'labels.{KEY_LABEL}="{key_label(spec.idempotency_key)}"'
+            f'labels.{RESOURCE_TEAM_TAG}="{label_value(spec.team)}" AND '
+            f'labels.{RESOURCE_KEY_LABEL}="{key_label(spec.idempotency_key)}"'
         )
         jobs = list(self._call("list_custom_jobs", parent=self.parent, filter=query))
         return min(jobs, key=lambda job: (job.create_time, job.name), default=None)
@@ -674,7 +677,7 @@ class VertexBackend:
             oldest[team] = min(created, oldest.get(team, created))
         listed: dict[str, Any] = {}
         for team, since in oldest.items():
-            query = f'labels.{TEAM_LABEL}="{team}" AND create_time>="{_rfc3339(since)}"'
+            query = f'labels.{RESOURCE_TEAM_TAG}="{team}" AND create_time>="{_rfc3339(since)}"'
             for job in self._call(
                 "list_custom_jobs",
                 parent=self.parent,

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from ml_assets import storage
 from ml_assets.tables import file_sha256
+from ml_assets.tags import TEAM_TAG
 
 ROWS_ENV = "ML_ASSETS_TRANSACTION_ROWS"
 
@@ -21,7 +22,7 @@ def raw_key(source: str) -> dg.AssetKey:
 PLATFORM: dict[str, Any] = {
     "group_name": "platform",
     "owners": ["team:platform"],
-    "tags": {"ml_assets/team": "platform"},
+    "tags": {TEAM_TAG: "platform"},
     # Build raw data that was never built (a fresh instance) so teams can start right away;
     # a failed build is not retried in a loop.
     "automation_condition": (

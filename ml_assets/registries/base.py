@@ -10,8 +10,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JOB_ID_TAG = "ml_assets.job_id"
-
 
 class RegistrationRequest(BaseModel):
     """A model to register: its artifact file plus everything needed to audit it later."""

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_assets.registries.base import JOB_ID_TAG, ModelVersion, RegistrationRequest
+from ml_assets.registries.base import ModelVersion, RegistrationRequest
+from ml_assets.tags import (
+    REGISTRY_JOB_ID_TAG,
+    REGISTRY_LINEAGE_TAG,
+    REGISTRY_METRICS_TAG,
+    REGISTRY_NOTE_PREFIX,
+)
 
 # Model-version tags that carry what ``ModelVersion`` needs, as JSON, so listing versions is one
 # search and never a ``get_run`` per version.
-METRICS_TAG = "ml_assets.metrics"
-LINEAGE_TAG = "ml_assets.lineage"
-NOTE_PREFIX = "ml_assets.note."
 
 
 class MlflowRegistry:
@@ -145,14 +148,14 @@ class MlflowRegistry:
         bundle = joblib.load(request.artifact_path) if request.flavour == "joblib" else None
         lineage = {**request.lineage, "params": request.params}
         version_tags = {
-            JOB_ID_TAG: request.job_id,
-            METRICS_TAG: json.dumps(request.metrics, sort_keys=True),
-            LINEAGE_TAG: json.dumps(lineage, sort_keys=True, default=str),
+            REGISTRY_JOB_ID_TAG: request.job_id,
+            REGISTRY_METRICS_TAG: json.dumps(request.metrics, sort_keys=True),
+            REGISTRY_LINEAGE_TAG: json.dumps(lineage, sort_keys=True, default=str),
         }
         with mlflow.start_run(experiment_id=experiment_id, run_name=request.job_id) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in request.params.items()})
             mlflow.log_metrics(request.metrics)
-            mlflow.set_tags({JOB_ID_TAG: request.job_id})
+            mlflow.set_tags({REGISTRY_JOB_ID_TAG: request.job_id})
             if bundle is not None and isinstance(
                 bundle.get("estimator"), sklearn.base.BaseEstimator
             ):
@@ -181,7 +184,7 @@ class MlflowRegistry:
     def _by_job(self, model_name: str, job_id: str) -> ModelVersion | None:
         """The version a training job already registered, found by its tag in one query."""
         found = self._client().search_model_versions(
-            filter_string=f"name = '{model_name}' and tags.`{JOB_ID_TAG}` = '{job_id}'"
+            filter_string=f"name = '{model_name}' and tags.`{REGISTRY_JOB_ID_TAG}` = '{job_id}'"
         )
         return self._version(found[0], model_name) if found else None
 
@@ -246,7 +249,10 @@ class MlflowRegistry:
         client = self._client()
         for name, value in notes.items():
             client.set_model_version_tag(
-                model_name, version, f"{NOTE_PREFIX}{name}", json.dumps(value, sort_keys=True)
+                model_name,
+                version,
+                f"{REGISTRY_NOTE_PREFIX}{name}",
+                json.dumps(value, sort_keys=True),
             )
 
     def _experiment(self, model_name: str) -> str:
@@ -266,14 +272,14 @@ class MlflowRegistry:
             model_name=model_name,
             version=str(found.version),
             uri=f"models:/{model_name}/{found.version}",
-            job_id=tags.get(JOB_ID_TAG, ""),
-            metrics=json.loads(tags.get(METRICS_TAG, "{}")),
-            lineage=json.loads(tags.get(LINEAGE_TAG, "{}")),
+            job_id=tags.get(REGISTRY_JOB_ID_TAG, ""),
+            metrics=json.loads(tags.get(REGISTRY_METRICS_TAG, "{}")),
+            lineage=json.loads(tags.get(REGISTRY_LINEAGE_TAG, "{}")),
             aliases=sorted(a for a, v in (aliases or {}).items() if str(v) == str(found.version)),
             notes={
-                name.removeprefix(NOTE_PREFIX): json.loads(value)
+                name.removeprefix(REGISTRY_NOTE_PREFIX): json.loads(value)
                 for name, value in tags.items()
-                if name.startswith(NOTE_PREFIX)
+                if name.startswith(REGISTRY_NOTE_PREFIX)
             },
         )
 

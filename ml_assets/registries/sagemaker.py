@@ -60,10 +60,17 @@ from urllib.parse import urlparse
 from ml_assets import transport
 from ml_assets.registries.base import (
     ARCHIVED,
-    JOB_ID_TAG,
     PRODUCTION,
     ModelVersion,
     RegistrationRequest,
+)
+from ml_assets.tags import (
+    REGISTRY_ALIAS_PREFIX,
+    REGISTRY_JOB_ID_TAG,
+    REGISTRY_LINEAGE_TAG,
+    REGISTRY_METRICS_TAG,
+    REGISTRY_MODEL_TAG,
+    REGISTRY_NOTE_PREFIX,
 )
 
 APPROVED = "Approved"
@@ -71,11 +78,6 @@ REJECTED = "Rejected"
 PENDING = "PendingManualApproval"
 
 JOB_DESCRIPTION_PREFIX = "ml_assets job_id="
-MODEL_TAG = "ml_assets.model"
-ALIAS_TAG_PREFIX = "ml_assets.alias."
-LINEAGE_KEY = "ml_assets.lineage"
-METRICS_KEY = "ml_assets.metrics"
-NOTE_KEY_PREFIX = "ml_assets.note."
 MAX_METADATA_ENTRIES = 50
 
 # Inference request/response types the package advertises for the sklearn-style containers the
@@ -217,10 +219,13 @@ class SageMakerRegistry:
                     "Statistics": {"ContentType": "application/json", "S3Uri": metrics_uri}
                 }
             },
-            CustomerMetadataProperties={LINEAGE_KEY: lineage_uri, METRICS_KEY: metrics_uri},
+            CustomerMetadataProperties={
+                REGISTRY_LINEAGE_TAG: lineage_uri,
+                REGISTRY_METRICS_TAG: metrics_uri,
+            },
             Tags=[
-                {"Key": MODEL_TAG, "Value": tag_value(request.model_name)},
-                {"Key": JOB_ID_TAG, "Value": tag_value(request.job_id)},
+                {"Key": REGISTRY_MODEL_TAG, "Value": tag_value(request.model_name)},
+                {"Key": REGISTRY_JOB_ID_TAG, "Value": tag_value(request.job_id)},
             ],
             ClientToken=token,
         )
@@ -254,7 +259,7 @@ class SageMakerRegistry:
         return self._version(model_name, self._describe(summary), self._aliases(group_arn))
 
     def set_alias(self, model_name: str, version: str, alias: str) -> None:
-        key = _checked_key(ALIAS_TAG_PREFIX, alias, "alias")
+        key = _checked_key(REGISTRY_ALIAS_PREFIX, alias, "alias")
         group = self.group_name(model_name)
         group_arn = self._group_arn(group)
         summaries = self._summaries(group) if group_arn else []
@@ -276,7 +281,7 @@ class SageMakerRegistry:
             self._set_status(target, REJECTED, f"ml_assets: {ARCHIVED}")
 
     def delete_alias(self, model_name: str, alias: str) -> None:
-        key = _checked_key(ALIAS_TAG_PREFIX, alias, "alias")
+        key = _checked_key(REGISTRY_ALIAS_PREFIX, alias, "alias")
         group = self.group_name(model_name)
         group_arn = self._group_arn(group)
         if group_arn is None:
@@ -309,7 +314,7 @@ class SageMakerRegistry:
                 f"does not start with {JOB_DESCRIPTION_PREFIX!r}), so it has no notes folder"
             )
         metadata = dict(described.get("CustomerMetadataProperties") or {})
-        keys = {name: _checked_key(NOTE_KEY_PREFIX, name, "note name") for name in notes}
+        keys = {name: _checked_key(REGISTRY_NOTE_PREFIX, name, "note name") for name in notes}
         if len(metadata.keys() | keys.values()) > MAX_METADATA_ENTRIES:
             raise ValueError(
                 f"version {version} of {group} would carry more than {MAX_METADATA_ENTRIES} "
@@ -363,7 +368,7 @@ class SageMakerRegistry:
             created = self._sagemaker().create_model_package_group(
                 ModelPackageGroupName=group,
                 ModelPackageGroupDescription=f"ml_assets model {model_name}",
-                Tags=[{"Key": MODEL_TAG, "Value": tag_value(model_name)}],
+                Tags=[{"Key": REGISTRY_MODEL_TAG, "Value": tag_value(model_name)}],
             )
         except ClientError:
             arn = self._group_arn(group)  # a concurrent registration may have created it
@@ -399,8 +404,8 @@ class SageMakerRegistry:
         aliases: dict[str, str] = {}
         for page in pages.paginate(ResourceArn=group_arn):
             for tag in page["Tags"]:
-                if tag["Key"].startswith(ALIAS_TAG_PREFIX):
-                    aliases[tag["Key"].removeprefix(ALIAS_TAG_PREFIX)] = tag["Value"]
+                if tag["Key"].startswith(REGISTRY_ALIAS_PREFIX):
+                    aliases[tag["Key"].removeprefix(REGISTRY_ALIAS_PREFIX)] = tag["Value"]
         return aliases
 
     def _set_status(self, summary: dict[str, Any], status: str, description: str) -> None:
@@ -440,13 +445,17 @@ class SageMakerRegistry:
             version=version,
             uri=described["ModelPackageArn"],
             job_id=_job_id(described),
-            metrics=self._get_json(metadata[METRICS_KEY]) if METRICS_KEY in metadata else {},
-            lineage=self._get_json(metadata[LINEAGE_KEY]) if LINEAGE_KEY in metadata else {},
+            metrics=self._get_json(metadata[REGISTRY_METRICS_TAG])
+            if REGISTRY_METRICS_TAG in metadata
+            else {},
+            lineage=self._get_json(metadata[REGISTRY_LINEAGE_TAG])
+            if REGISTRY_LINEAGE_TAG in metadata
+            else {},
             aliases=sorted(a for a, v in aliases.items() if v == version),
             notes={
-                key.removeprefix(NOTE_KEY_PREFIX): self._get_json(uri)
+                key.removeprefix(REGISTRY_NOTE_PREFIX): self._get_json(uri)
                 for key, uri in metadata.items()
-                if key.startswith(NOTE_KEY_PREFIX)
+                if key.startswith(REGISTRY_NOTE_PREFIX)
             },
         )
 

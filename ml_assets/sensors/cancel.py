@@ -23,7 +23,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, TEAM_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event, submit
 from ml_assets.backends.base import JobHandle, JobSpec
 from ml_assets.sensors.reconciler import (
@@ -34,6 +34,7 @@ from ml_assets.sensors.reconciler import (
     RETRIED,
     TERMINAL_EVENTS,
 )
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG, TEAM_TAG
 from ml_assets.teams.spec import TeamSpec
 
 PAGE = 1000

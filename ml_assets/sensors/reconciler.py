@@ -24,15 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG,
-    INPUT_EVENT_POINTER_TAG_PREFIX,
-    get_input_data_version_tag,
-)
 from pydantic import BaseModel, Field
 
 from ml_assets import transport
-from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import (
     SUBMITTED,
     TRAINING_CHECK,
@@ -42,6 +37,12 @@ from ml_assets.assets.training import (
     submit,
 )
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
+from ml_assets.dagster_private import (
+    CODE_VERSION_TAG,
+    INPUT_EVENT_POINTER_TAG_PREFIX,
+    get_input_data_version_tag,
+)
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec
 from ml_assets.training.messages import (
     JobReport,

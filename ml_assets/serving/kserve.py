@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ml_assets.tags import KUBERNETES_MODEL_LABEL, KUBERNETES_VERSION_LABEL
+
 
 def service_name(model_name: str, version: str) -> str:
     """A DNS-1123 name (at most 63 characters) for ``model_name`` version ``version``."""
@@ -32,8 +34,8 @@ def inference_service(
             "name": service_name(model_name, version),
             "namespace": namespace,
             "labels": {
-                "ml-assets/model": re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)[:63],
-                "ml-assets/version": str(version),
+                KUBERNETES_MODEL_LABEL: re.sub(r"[^A-Za-z0-9_.-]+", "-", model_name)[:63],
+                KUBERNETES_VERSION_LABEL: str(version),
                 **(labels or {}),
             },
         },

@@ -24,12 +24,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ml_assets.registries.base import JOB_ID_TAG, ModelVersion
-from ml_assets.registries.sagemaker import MODEL_TAG, aws_name, boto3_client, is_missing, tag_value
+from ml_assets.registries.base import ModelVersion
+from ml_assets.registries.sagemaker import aws_name, boto3_client, is_missing, tag_value
+from ml_assets.tags import REGISTRY_JOB_ID_TAG, REGISTRY_MODEL_TAG, SERVING_VERSION_TAG
 
 VARIANT_NAME = "AllTraffic"
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
-VERSION_TAG = "ml_assets.version"
 
 
 def resource_name(version: ModelVersion, request: dict[str, Any]) -> str:
@@ -44,9 +44,9 @@ def resource_name(version: ModelVersion, request: dict[str, Any]) -> str:
 
 def _tags(version: ModelVersion) -> list[dict[str, str]]:
     return [
-        {"Key": MODEL_TAG, "Value": tag_value(version.model_name)},
-        {"Key": VERSION_TAG, "Value": tag_value(version.version)},
-        {"Key": JOB_ID_TAG, "Value": tag_value(version.job_id)},
+        {"Key": REGISTRY_MODEL_TAG, "Value": tag_value(version.model_name)},
+        {"Key": SERVING_VERSION_TAG, "Value": tag_value(version.version)},
+        {"Key": REGISTRY_JOB_ID_TAG, "Value": tag_value(version.job_id)},
     ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_assets.assets.common import TEAM_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.data import build_data_assets
 from ml_assets.assets.evaluation import build_evaluation_asset
 from ml_assets.assets.promotion import build_promotion_asset, build_rollback_job
@@ -16,6 +16,7 @@ from ml_assets.assets.training import build_training_asset
 from ml_assets.backends import backend_resource
 from ml_assets.sensors.cancel import build_cancel_job, build_retry_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
+from ml_assets.tags import TEAM_TAG
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ml_assets_testing.harness import BackendHarness, adopt_fixtures
 
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobStatus
 from ml_assets.backends.local import LocalBackend
-from ml_assets.testing.harness import BackendHarness, adopt_fixtures
 
 # Fixture names of every harness the contract suite runs against: local, then every fixture
 # named ``*_harness`` in a ``harness_*.py`` module of this directory.

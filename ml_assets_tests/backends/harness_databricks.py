@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ml_assets_testing.fake_databricks import FakeDatabricks
+from ml_assets_testing.harness import BackendHarness
 
 from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec
 from ml_assets.backends.databricks import DatabricksBackendResource
-from ml_assets.testing.fake_databricks import FakeDatabricks
-from ml_assets.testing.harness import BackendHarness
 
 STORAGE_ROOT = "dbfs:/ml_assets/contract"
 WHEEL = "dbfs:/wheels/ml_assets-0.1.0-py3-none-any.whl"

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ml_assets_testing.fake_kubernetes import FakeKubernetes, job_spec
+from ml_assets_testing.harness import BackendHarness
 
 from ml_assets.backends.kubernetes import KubernetesBackend
-from ml_assets.testing.fake_kubernetes import FakeKubernetes, job_spec
-from ml_assets.testing.harness import BackendHarness
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ml_assets_testing.fake_sagemaker import FakeSageMaker, use_fake_aws
+from ml_assets_testing.harness import BackendHarness
 
 from ml_assets.backends import load_backend
 from ml_assets.backends.base import Backend, JobSpec
 from ml_assets.backends.remote import output_location
-from ml_assets.testing.fake_sagemaker import FakeSageMaker, use_fake_aws
-from ml_assets.testing.harness import BackendHarness
 
 
 @pytest.fixture

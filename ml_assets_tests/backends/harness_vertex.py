@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ml_assets_testing.fake_vertex import FakeVertex, GcsEmulator
+from ml_assets_testing.harness import BackendHarness
 
 from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec
 from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
-from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator
-from ml_assets.testing.harness import BackendHarness
 
 BUCKET = "ml-assets-contract"
 STORAGE_ROOT = f"gs://{BUCKET}/root"

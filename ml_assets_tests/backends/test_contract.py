@@ -19,10 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from dagster_pipes import encode_param
-
-from ml_assets import transport
-from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
-from ml_assets.testing.job_scripts import (
+from ml_assets_testing.job_scripts import (
     OUTPUT_FILE,
     py,
     python_file,
@@ -30,6 +27,9 @@ from ml_assets.testing.job_scripts import (
     write_env,
     write_output,
 )
+
+from ml_assets import transport
+from ml_assets.backends.base import Backend, JobHandle, JobState, JobStatus
 
 if TYPE_CHECKING:
     from conftest import BackendHarness, WaitFor

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from ml_assets_testing.fake_databricks import FakeDatabricks, count_poll_calls
+from ml_assets_testing.fakes import Faults
+from ml_assets_testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 from pydantic import ValidationError
 
 from ml_assets import transport
@@ -23,9 +26,6 @@ from ml_assets.backends.databricks import (
     idempotency_token,
     node_type_for,
 )
-from ml_assets.testing.fake_databricks import FakeDatabricks, count_poll_calls
-from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 from ml_assets_tests.backends.harness_databricks import (
     STORAGE_ROOT,
     compiled_job_env,

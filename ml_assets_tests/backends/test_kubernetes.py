@@ -18,28 +18,7 @@ import pydantic
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
-
-from ml_assets import transport
-from ml_assets.backends import load_backend, remote
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
-from ml_assets.backends.kubernetes import (
-    CANCELLED_MARKER,
-    GPU_NODE_SELECTORS,
-    KEY_ANNOTATION,
-    KEY_HASH_LABEL,
-    MANAGED_BY_LABEL,
-    MODEL_LABEL,
-    OUTPUT_ANNOTATION,
-    TEAM_LABEL,
-    JobNameConflict,
-    KubernetesBackend,
-    KubernetesBackendResource,
-    build_job_body,
-    cpu_quantity,
-    listed_job,
-    memory_quantity,
-)
-from ml_assets.testing.fake_kubernetes import (
+from ml_assets_testing.fake_kubernetes import (
     JOB,
     JOBS,
     POD_LOG,
@@ -48,8 +27,31 @@ from ml_assets.testing.fake_kubernetes import (
     count_poll_calls,
     job_spec,
 )
-from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_env, write_output
+from ml_assets_testing.fakes import Faults
+from ml_assets_testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_env, write_output
+
+from ml_assets import transport
+from ml_assets.backends import load_backend, remote
+from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
+from ml_assets.backends.kubernetes import (
+    CANCELLED_MARKER,
+    GPU_NODE_SELECTORS,
+    MANAGED_BY_LABEL,
+    JobNameConflict,
+    KubernetesBackend,
+    KubernetesBackendResource,
+    build_job_body,
+    cpu_quantity,
+    listed_job,
+    memory_quantity,
+)
+from ml_assets.tags import (
+    KUBERNETES_KEY_ANNOTATION,
+    KUBERNETES_KEY_HASH_LABEL,
+    KUBERNETES_MODEL_LABEL,
+    KUBERNETES_OUTPUT_ANNOTATION,
+    KUBERNETES_TEAM_LABEL,
+)
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -199,14 +201,18 @@ def test_name_labels_and_annotations_follow_the_idempotency_key() -> None:
     assert body["metadata"]["name"] == spec.job_name == "fraud-churn-model-" + spec.job_name[-12:]
     assert other["metadata"]["name"] != spec.job_name
     labels = body["metadata"]["labels"]
-    assert labels[TEAM_LABEL] == "fraud" and labels[MODEL_LABEL] == "churn_model"
+    assert (
+        labels[KUBERNETES_TEAM_LABEL] == "fraud" and labels[KUBERNETES_MODEL_LABEL] == "churn_model"
+    )
     assert labels[MANAGED_BY_LABEL] == "ml-assets"
     assert labels["cost-center"] == "r-d"  # made a valid label value
-    assert labels[KEY_HASH_LABEL] != other["metadata"]["labels"][KEY_HASH_LABEL]
+    assert (
+        labels[KUBERNETES_KEY_HASH_LABEL] != other["metadata"]["labels"][KUBERNETES_KEY_HASH_LABEL]
+    )
     assert body["spec"]["template"]["metadata"]["labels"] == labels
     assert body["metadata"]["annotations"] == {
-        KEY_ANNOTATION: "fraud/churn_model/run-1/1",
-        OUTPUT_ANNOTATION: spec.output_uri,
+        KUBERNETES_KEY_ANNOTATION: "fraud/churn_model/run-1/1",
+        KUBERNETES_OUTPUT_ANNOTATION: spec.output_uri,
     }
     assert body["metadata"]["namespace"] == NAMESPACE
 
@@ -703,7 +709,7 @@ def _model_class_status(backend: KubernetesBackend, handle: JobHandle, job: Any)
     raw JSON (kept here verbatim as the reference)."""
     if job is None:
         return backend._missing_status(handle)
-    owner = (job.metadata.annotations or {}).get(KEY_ANNOTATION)
+    owner = (job.metadata.annotations or {}).get(KUBERNETES_KEY_ANNOTATION)
     if owner != handle.idempotency_key:
         return JobStatus(
             job_id=handle.job_id,
@@ -790,7 +796,7 @@ def test_poll_from_raw_json_matches_the_model_class_path(
         job.metadata.name: job
         for namespace_team in ("fraud", "risk")
         for job in backend._batch.list_namespaced_job(
-            NAMESPACE, label_selector=f"{TEAM_LABEL}={namespace_team}"
+            NAMESPACE, label_selector=f"{KUBERNETES_TEAM_LABEL}={namespace_team}"
         ).items
     }
     assert statuses == {

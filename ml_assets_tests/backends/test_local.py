@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from ml_assets_testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 import ml_assets
 from ml_assets.backends._local_runner import (
@@ -23,7 +24,6 @@ from ml_assets.backends._local_runner import (
 )
 from ml_assets.backends.base import JobHandle, JobSpec, JobState
 from ml_assets.backends.local import JobDirectoryConflict, LocalBackend
-from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 if TYPE_CHECKING:
     from conftest import WaitFor

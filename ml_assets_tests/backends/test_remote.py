@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from dagster_pipes import encode_param
+from ml_assets_testing.job_scripts import wait_for_file
 
 from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec, JobState
-from ml_assets.testing.job_scripts import wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,15 +20,15 @@ import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 from botocore.validate import ParamValidator
+from ml_assets_testing.fake_sagemaker import FakeSageMaker, use_fake_aws
+from ml_assets_testing.fakes import CANCELLED, FAILED, SUCCEEDED, Faults
+from ml_assets_testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 from ml_assets import transport
 from ml_assets.backends import load_backend
 from ml_assets.backends import sagemaker as sm
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.remote import output_location, staged_command
-from ml_assets.testing.fake_sagemaker import FakeSageMaker, use_fake_aws
-from ml_assets.testing.fakes import CANCELLED, FAILED, SUCCEEDED, Faults
-from ml_assets.testing.job_scripts import OUTPUT_FILE, py, wait_for_file, write_output
 
 pytestmark = pytest.mark.timeout(60)
 

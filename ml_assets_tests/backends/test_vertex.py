@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from google.api_core.exceptions import BadRequest, PreconditionFailed
 from google.auth.credentials import AnonymousCredentials
+from ml_assets_testing.fake_vertex import FakeVertex, GcsEmulator, count_poll_calls
+from ml_assets_testing.fakes import Faults
+from ml_assets_testing.job_scripts import OUTPUT_FILE, py, write_output
 from pydantic import ValidationError
 
 from ml_assets import transport
@@ -21,10 +24,7 @@ from ml_assets.backends import load_backend, remote
 from ml_assets.backends.base import JobSpec, JobState, Resources
 from ml_assets.backends.vertex import (
     CLAIM_FILE,
-    KEY_LABEL,
-    MODEL_LABEL,
     RECORD_FILE,
-    TEAM_LABEL,
     OutputLocationConflict,
     VertexBackend,
     VertexBackendResource,
@@ -33,9 +33,7 @@ from ml_assets.backends.vertex import (
     key_label,
     machine_spec,
 )
-from ml_assets.testing.fake_vertex import FakeVertex, GcsEmulator, count_poll_calls
-from ml_assets.testing.fakes import Faults
-from ml_assets.testing.job_scripts import OUTPUT_FILE, py, write_output
+from ml_assets.tags import RESOURCE_KEY_LABEL, RESOURCE_MODEL_TAG, RESOURCE_TEAM_TAG
 
 if TYPE_CHECKING:
     from conftest import WaitFor
@@ -235,16 +233,16 @@ def test_labels_are_vertex_safe_and_carry_team_model_and_key_hash() -> None:
     spec = make_spec(
         team="Fraud_Team",
         model="GBM.v2",
-        labels={"Owner": "Alice@Example.com", "9lives": "x" * 80, TEAM_LABEL: "spoofed"},
+        labels={"Owner": "Alice@Example.com", "9lives": "x" * 80, RESOURCE_TEAM_TAG: "spoofed"},
     )
 
     labels = job_labels(spec)
 
-    assert labels[TEAM_LABEL] == "fraud_team"
-    assert labels[MODEL_LABEL] == "gbm-v2"
-    assert labels[KEY_LABEL] == key_label(spec.idempotency_key)
-    assert re.fullmatch(r"[0-9a-f]{40}", labels[KEY_LABEL])
-    assert key_label("fraud/gbm/run-2/0") != labels[KEY_LABEL]
+    assert labels[RESOURCE_TEAM_TAG] == "fraud_team"
+    assert labels[RESOURCE_MODEL_TAG] == "gbm-v2"
+    assert labels[RESOURCE_KEY_LABEL] == key_label(spec.idempotency_key)
+    assert re.fullmatch(r"[0-9a-f]{40}", labels[RESOURCE_KEY_LABEL])
+    assert key_label("fraud/gbm/run-2/0") != labels[RESOURCE_KEY_LABEL]
     assert labels["owner"] == "alice-example-com"
     assert labels["x-9lives"] == "x" * 63
     for key, value in labels.items():
@@ -333,7 +331,7 @@ def test_submit_survives_faults_and_starts_each_job_once(
         assert transport.read_json(transport.join(status.result_uri, OUTPUT_FILE)) == {
             "index": index
         }
-    keys = [job["labels"][KEY_LABEL] for job in fake.jobs()]
+    keys = [job["labels"][RESOURCE_KEY_LABEL] for job in fake.jobs()]
     assert sorted(keys) == sorted(key_label(spec.idempotency_key) for spec in specs)
     assert {"drop", "throttle", "error"} <= set(fake.faults.injected)
 

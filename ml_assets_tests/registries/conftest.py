@@ -14,12 +14,12 @@ from pathlib import Path
 
 import joblib
 import pytest
+from ml_assets_testing.harness import adopt_fixtures
+from ml_assets_testing.mlflow_server import mlflow_server
 from sklearn.linear_model import LogisticRegression
 
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import ModelRegistry
-from ml_assets.testing.harness import adopt_fixtures
-from ml_assets.testing.mlflow_server import mlflow_server
 
 
 @pytest.fixture

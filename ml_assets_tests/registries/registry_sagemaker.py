@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from ml_assets_testing.moto_server import REGION, TEST_ENVIRONMENT, create_buckets, moto_server
 
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import ModelRegistry
-from ml_assets.testing.moto_server import REGION, TEST_ENVIRONMENT, create_buckets, moto_server
 
 BUCKET = "ml-assets-sagemaker-registry"
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sklearn-inference:1.2-1"

@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ml_assets_testing.moto_server import REGION
 
 from ml_assets.assets.promotion import Gate, promote, rollback
-from ml_assets.registries.base import ARCHIVED, JOB_ID_TAG, PRODUCTION, ModelRegistry
+from ml_assets.registries.base import ARCHIVED, PRODUCTION, ModelRegistry
 from ml_assets.registries.base import RegistrationRequest as Request
 from ml_assets.registries.sagemaker import (
     APPROVED,
-    LINEAGE_KEY,
-    METRICS_KEY,
-    NOTE_KEY_PREFIX,
     PENDING,
     REJECTED,
     SageMakerRegistry,
     aws_name,
     boto3_client,
 )
-from ml_assets.testing.moto_server import REGION
+from ml_assets.tags import (
+    REGISTRY_JOB_ID_TAG,
+    REGISTRY_LINEAGE_TAG,
+    REGISTRY_METRICS_TAG,
+    REGISTRY_NOTE_PREFIX,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,11 +108,11 @@ def test_a_version_is_a_pending_package_serving_its_artifact_from_model_tar_gz(
     for key, value in metadata.items():
         assert len(key) <= 128 and AWS_TEXT.fullmatch(key), key
         assert len(value) <= 256 and AWS_TEXT.fullmatch(value), value
-    assert metadata[LINEAGE_KEY] == f"{folder}/lineage.json"
-    stored_lineage = json.loads(_s3_bytes(registry, metadata[LINEAGE_KEY]))
+    assert metadata[REGISTRY_LINEAGE_TAG] == f"{folder}/lineage.json"
+    stored_lineage = json.loads(_s3_bytes(registry, metadata[REGISTRY_LINEAGE_TAG]))
     assert stored_lineage == {**lineage, "params": {"C": 1.0, "penalty": "l2"}}
     statistics = package["ModelMetrics"]["ModelQuality"]["Statistics"]
-    assert statistics["S3Uri"] == metadata[METRICS_KEY]
+    assert statistics["S3Uri"] == metadata[REGISTRY_METRICS_TAG]
     assert json.loads(_s3_bytes(registry, statistics["S3Uri"])) == version.metrics
 
     fetched = registry.get_version(model_name, "1")
@@ -126,7 +129,7 @@ def test_a_version_is_a_pending_package_serving_its_artifact_from_model_tar_gz(
     from moto.sagemaker.models import sagemaker_backends
 
     stored = sagemaker_backends[MOTO_ACCOUNT][REGION].model_packages[version.uri]
-    assert {"Key": JOB_ID_TAG, "Value": "job/a_1"} in (stored.tags or [])
+    assert {"Key": REGISTRY_JOB_ID_TAG, "Value": "job/a_1"} in (stored.tags or [])
 
 
 def test_promotion_and_rollback_move_approval_with_production(
@@ -161,7 +164,7 @@ def test_promotion_and_rollback_move_approval_with_production(
     assert [p["ModelPackageArn"] for p in approved] == [production.uri]
     package = sagemaker.describe_model_package(ModelPackageName=production.uri)
     assert package["ApprovalDescription"] == f"ml_assets: {PRODUCTION}"
-    note_uri = package["CustomerMetadataProperties"][f"{NOTE_KEY_PREFIX}rollback"]
+    note_uri = package["CustomerMetadataProperties"][f"{REGISTRY_NOTE_PREFIX}rollback"]
     assert note_uri.startswith(f"{registry.storage_root}/{registry.group_name(model_name)}/")
     assert json.loads(_s3_bytes(registry, note_uri))["to_version"] == "1"
 

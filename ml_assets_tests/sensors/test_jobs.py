@@ -9,8 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from ml_assets_testing.sensor_driver import SensorDriver
 
-from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.backends.local import LocalBackend
@@ -24,8 +25,8 @@ from ml_assets.sensors.reconciler import (
     ReconcilerCursor,
     build_reconciler_sensor,
 )
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import RetrySpec, TeamSpec, load_team_spec
-from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = pytest.mark.timeout(180)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"

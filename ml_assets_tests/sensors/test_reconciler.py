@@ -14,9 +14,11 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from ml_assets_testing.job_scripts import wait_for_file
+from ml_assets_testing.sensor_driver import SensorDriver
 
 import ml_assets.sensors.reconciler as reconciler_module
-from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import TRAINING_CHECK, build_job_spec, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState
 from ml_assets.backends.local import LocalBackend
@@ -30,9 +32,8 @@ from ml_assets.sensors.reconciler import (
     build_reconciler_sensor,
     fold_events,
 )
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec, load_team_spec
-from ml_assets.testing.job_scripts import wait_for_file
-from ml_assets.testing.sensor_driver import SensorDriver
 
 pytestmark = pytest.mark.timeout(180)
 TEAMS = Path(__file__).parents[2] / "ml_assets" / "teams"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from ml_assets_testing.sensor_driver import SensorDriver
 
-from ml_assets.assets.common import EVENT_TAG, JOB_ID_TAG, ModelContext
+from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import TRAINING_CHECK, submission_event
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.sensors.reconciler import (
@@ -24,7 +25,7 @@ from ml_assets.sensors.reconciler import (
     ReconcilerCursor,
     build_reconciler_sensor,
 )
-from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets_tests.sensors.ledger import (
     Ledger,
     clinical_job,

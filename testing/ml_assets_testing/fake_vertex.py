@@ -51,7 +51,7 @@ from gcp_storage_emulator.storage import Storage
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec
 from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
-from ml_assets.testing.fakes import (
+from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
     PENDING,

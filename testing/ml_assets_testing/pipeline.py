@@ -6,7 +6,7 @@ import dagster as dg
 
 from ml_assets.assets.common import ModelKeys
 from ml_assets.platform_data.definitions import defs as platform_defs
-from ml_assets.testing.sensor_driver import SensorDriver
+from ml_assets_testing.sensor_driver import SensorDriver
 
 
 def build_raw(instance: dg.DagsterInstance, source: str) -> None:

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml_assets.testing.fakes import (
+from ml_assets_testing.fakes import (
     FAILED,
     PENDING,
     RUNNING,

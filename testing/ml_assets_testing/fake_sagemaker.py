@@ -58,7 +58,7 @@ from ml_assets import transport
 from ml_assets.backends import load_backend
 from ml_assets.backends.base import JobHandle, JobSpec, JobState
 from ml_assets.backends.remote import output_location
-from ml_assets.testing.fakes import (
+from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
     PENDING,

@@ -41,7 +41,7 @@ from typing import Any
 
 from ml_assets.backends.base import JobSpec
 from ml_assets.backends.databricks import DatabricksBackendResource
-from ml_assets.testing.fakes import (
+from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
     PENDING,
