@@ -92,6 +92,7 @@ from pydantic import Field
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
 from ml_assets.backends.resource import BackendResource
+from ml_assets.backends.shapes import normalize_gpu_type
 from ml_assets.tags import RESOURCE_JOB_TAG, RESOURCE_KEY_TAG, RESOURCE_MODEL_TAG, RESOURCE_TEAM_TAG
 
 PACKAGE_NAME = "ml_assets"
@@ -160,14 +161,6 @@ NODE_TYPES: tuple[NodeShape, ...] = (
     *_gpu_shapes("a100-80gb", (("p4de.24xlarge", 8, 96, 1152),)),
     *_gpu_shapes("h100-80gb", (("p5.48xlarge", 8, 192, 2048),)),
 )
-
-
-def normalize_gpu_type(gpu_type: str) -> str:
-    """``nvidia-tesla-t4``, ``Tesla-T4`` and ``t4`` all name the same GPU: ``t4``."""
-    name = gpu_type.strip().lower()
-    for prefix in ("nvidia-", "tesla-"):
-        name = name.removeprefix(prefix)
-    return name
 
 
 def _known_gpu_types(overrides: dict[str, str]) -> list[str]:
