@@ -14,10 +14,20 @@ from ml_assets.assets.registration import build_registration_asset
 from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
 from ml_assets.backends import backend_resource
+from ml_assets.policy import PolicyError, check_team, load_policy
 from ml_assets.sensors.cancel import build_cancel_job, build_retry_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
 from ml_assets.tags import TEAM_TAG
-from ml_assets.teams.spec import TeamSpec, load_team_spec
+from ml_assets.teams.spec import TeamSpec, TeamSpecError, load_team_spec
+
+
+class TeamLocationError(dg.DagsterError, TeamSpecError):
+    """A team's location cannot load because a file the team or the platform owns is wrong.
+
+    It is a ``DagsterError`` so that Dagster reports it as it is, instead of wrapping it in its
+    generic "Error occurred during the loading of Dagster definitions" under which the UI would
+    show the file, line and field only further down, after a traceback.
+    """
 
 
 def build_team_assets(team: TeamSpec) -> list[dg.AssetsDefinition]:
@@ -36,7 +46,11 @@ def build_team_assets(team: TeamSpec) -> list[dg.AssetsDefinition]:
 
 def team_definitions(spec_path: str | Path) -> dg.Definitions:
     """The Definitions of one team's code location, from its ``team.yaml``."""
-    team = load_team_spec(spec_path)
+    try:
+        team = load_team_spec(spec_path)
+        check_team(load_policy(), team)
+    except (TeamSpecError, PolicyError) as error:
+        raise TeamLocationError(str(error)) from None
     return dg.Definitions(
         assets=build_team_assets(team),
         sensors=[
