@@ -169,9 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         "schema", help="print the JSON Schema of team.yaml files, for editors"
     )
     schema.add_argument("--write", type=Path, help="write it to this file instead")
+    schema.add_argument(
+        "--policy", action="store_true", help="the platform policy's schema instead"
+    )
+    from ml_assets.deploy import add_deploy_parser, run_deploy
+
+    add_deploy_parser(commands)
+    from ml_assets.views import add_view_command, run_view
+
+    add_view_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "view":
+        return run_view(args)
     if args.command == "schema":
-        return _print_schema(args.write)
+        return _print_schema(args.write, args.policy)
+    if args.command == "deploy":
+        return run_deploy(args)
     team, _, model = args.model.partition("/")
     if not team or not model:
         parser.error(f"expected <team>/<model>, got {args.model!r}")
@@ -189,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_schema(target: Path | None) -> int:
+def _print_schema(target: Path | None, policy: bool = False) -> int:
+    from ml_assets.policy import policy_json_schema
     from ml_assets.teams.spec import team_json_schema
 
-    text = json.dumps(team_json_schema(), indent=2, sort_keys=True) + "\n"
+    document = policy_json_schema() if policy else team_json_schema()
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if target is None:
         sys.stdout.write(text)
     else:

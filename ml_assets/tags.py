@@ -17,6 +17,9 @@ EVENT_TAG = "ml_assets/event"
 JOB_ID_TAG = "ml_assets/job_id"
 # Dagster: the team that owns a run, an asset or an event.
 TEAM_TAG = "ml_assets/team"
+# Dagster: the GPU admission queue entry an event is about (the queued job's name), on the
+# queued, admitted and cancel records and on the submission of an admitted job.
+ADMISSION_TAG = "ml_assets/admission"
 
 # Registries: the training job whose model a version is; registration is idempotent on it.
 REGISTRY_JOB_ID_TAG = "ml_assets.job_id"
@@ -46,3 +49,5 @@ KUBERNETES_KEY_HASH_LABEL = "ml-assets/key-hash"
 KUBERNETES_KEY_ANNOTATION = "ml-assets/idempotency-key"
 KUBERNETES_OUTPUT_ANNOTATION = "ml-assets/output-uri"
 KUBERNETES_VERSION_LABEL = "ml-assets/version"
+# Kueue's label naming the LocalQueue a Job is submitted to (Kueue suspends it until admitted).
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

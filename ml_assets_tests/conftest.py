@@ -55,8 +55,8 @@ def _postgres_admin():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def postgres_instance(ml_home: Path) -> Iterator[dg.DagsterInstance]:
-    """A Dagster instance on a fresh database of the local PostgreSQL server (dagster-postgres).
+def postgres_database() -> Iterator[str]:
+    """The name of a fresh database on the local PostgreSQL server, dropped afterwards.
 
     Skipped with the reason when no server answers, except on CI, where it must run.
     """
@@ -72,11 +72,45 @@ def postgres_instance(ml_home: Path) -> Iterator[dg.DagsterInstance]:
     name = f"ml_assets_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
-    storage = {"postgres": {"postgres_db": {**POSTGRES, "db_name": name}}}
     try:
-        with dg.instance_for_test(overrides={"storage": storage}) as test_instance:
-            yield test_instance
+        yield name
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def postgres_instance(ml_home: Path, postgres_database: str) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance on a fresh database of the local PostgreSQL server (dagster-postgres).
+
+    Skipped with the reason when no server answers, except on CI, where it must run.
+    """
+    storage = {"postgres": {"postgres_db": {**POSTGRES, "db_name": postgres_database}}}
+    with dg.instance_for_test(overrides={"storage": storage}) as test_instance:
+        yield test_instance
+
+
+EVERY_BACKEND = ["local", "kubernetes", "sagemaker", "vertex", "databricks"]
+EVERY_REGISTRY = ["local", "mlflow", "wandb", "sagemaker"]
+
+
+def write_policy(path: Path, policy: dict[str, object]) -> Path:
+    """Write the platform policy ``policy`` (the YAML document as a dict) to ``path``."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def permissive_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A platform policy, in ``ML_ASSETS_POLICY``, that grants every team every backend and
+    registry kind with no GPU pools: for tests of a backend or registry, not of the policy."""
+    path = write_policy(
+        tmp_path / "policy" / "platform.yaml",
+        {"default": {"backends": EVERY_BACKEND, "registries": EVERY_REGISTRY}},
+    )
+    monkeypatch.setenv("ML_ASSETS_POLICY", str(path))
+    return path

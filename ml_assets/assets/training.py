@@ -13,8 +13,16 @@ from dagster_pipes import decode_param
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata
-from ml_assets.backends.base import Backend, JobHandle, JobSpec, idempotency_key, job_name_for
-from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
+from ml_assets.backends.base import (
+    Backend,
+    JobHandle,
+    JobSpec,
+    Resources,
+    idempotency_key,
+    job_name_for,
+)
+from ml_assets.policy import PlatformPolicy, load_policy
+from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG, KUEUE_QUEUE_LABEL
 from ml_assets.teams.spec import TrainerSpec
 from ml_assets.training.builtin import BUILTIN_TRAINERS
 from ml_assets.training.messages import messages_params, pipes_context, pipes_env
@@ -24,6 +32,11 @@ CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"
 TRAINING_LOGIC_VERSION = "2"
 RUNNER = ["python", "-m", "ml_assets.training.runner"]
 SUBMITTED = "submitted"
+# A GPU job waiting for its pool and its team's quota; the platform's admission sensor records
+# ``admitted`` and the team's reconciler then submits it (see ml_assets.sensors.admission).
+QUEUED = "queued"
+ADMITTED = "admitted"
+ADMISSION_SENSOR = "gpu_admission"
 TRAINING_CHECK = "training_succeeded"
 
 
@@ -35,6 +48,7 @@ def build_job_spec(
     features_data_version: str,
     home: Path,
     storage_root: str | None,
+    policy: PlatformPolicy | None = None,
 ) -> JobSpec:
     """The first attempt of the job that trains ``model`` on one features file.
 
@@ -72,7 +86,11 @@ def build_job_spec(
         backend=spec.backend,
         resources=spec.resources,
         env=pipes_env(pipes_context([team, model.name], run_id, 0, extras), {}),
-        labels={"ml-assets-team": team, "ml-assets-model": model.name},
+        labels={
+            "ml-assets-team": team,
+            "ml-assets-model": model.name,
+            **kueue_labels(team, spec.backend, spec.resources, policy or load_policy()),
+        },
         image=trainer.image,
         staged=staged,
         working_dir=working_dir,
@@ -98,6 +116,74 @@ def for_attempt(spec: JobSpec, *, run_id: str, attempt: int) -> JobSpec:
         **pipes_env(context, messages_params(output, spec.staged)),
     }
     return spec.model_copy(update={"idempotency_key": key, "output_uri": output, "env": env})
+
+
+def kueue_labels(
+    team: str, backend: str, resources: Resources, policy: PlatformPolicy
+) -> dict[str, str]:
+    """The label that hands a job to Kueue when its GPU pool is Kueue's, else nothing."""
+    pool = policy.pool_for(backend, resources.gpu_count, resources.gpu_type)
+    if pool is None or not policy.pools[pool].kueue:
+        return {}
+    queue = policy.grant(team).kueue_queue
+    if not queue:
+        raise ValueError(
+            f"{policy.source or 'the platform policy'}: GPU pool {pool!r} is admitted by Kueue, "
+            f"but teams.{team}.kueue_queue names no LocalQueue for team {team!r}"
+        )
+    return {KUEUE_QUEUE_LABEL: queue}
+
+
+def admission_pool(spec: JobSpec, policy: PlatformPolicy | None = None) -> str | None:
+    """The GPU pool whose admission queue ``spec`` waits in before it is submitted: None for a
+    job that asks for no GPU, that no pool holds, or whose pool Kueue admits."""
+    policy = policy or load_policy()
+    pool = policy.pool_for(spec.backend, spec.resources.gpu_count, spec.resources.gpu_type)
+    if pool is None or policy.pools[pool].kueue:
+        return None
+    return pool
+
+
+def queue_event(
+    model: ModelContext,
+    spec: JobSpec,
+    pool: str,
+    *,
+    run_id: str,
+    attempt: int,
+    code_version: str | None,
+    features_storage_id: int | None,
+) -> dg.AssetObservation:
+    """The durable record of a job waiting for GPUs: everything its submission needs later
+    (the exact spec, as a submission record holds it), keyed by the job's name."""
+    entry = spec.job_name
+    gpus = spec.resources.gpu_count
+    record = {
+        "spec": spec.model_dump(mode="json"),
+        "run_id": run_id,
+        "attempt": attempt,
+        "code_version": code_version or "",
+        "features_storage_id": features_storage_id,
+        "features_uri": job_extras(spec).get("features_uri", ""),
+        "team": spec.team,
+        "pool": pool,
+        "gpus": gpus,
+    }
+    return dg.AssetObservation(
+        asset_key=model.keys.trained,
+        description=f"queued for GPU: job {entry} (attempt {attempt}) waits for {gpus} GPU(s) "
+        f"of pool {pool}; the {ADMISSION_SENSOR} sensor admits it when the pool and team "
+        f"{spec.team}'s quota there have room.",
+        metadata={
+            "status": QUEUED,
+            "job_id": entry,
+            "pool": pool,
+            "gpus": gpus,
+            "attempt": attempt,
+            "job": dg.MetadataValue.json(record),
+        },
+        tags={EVENT_TAG: QUEUED, JOB_ID_TAG: entry, ADMISSION_TAG: entry},
+    )
 
 
 def submit(backend: Backend, spec: JobSpec) -> JobHandle:
@@ -130,9 +216,11 @@ def submission_event(
     attempt: int,
     code_version: str | None,
     features_storage_id: int | None,
+    admission: str | None = None,
 ) -> dg.AssetObservation:
     """The durable record of a job in flight: what the sensor needs to find it again, and the
-    exact spec, so that a retry reruns the same job even if the team's YAML changed since."""
+    exact spec, so that a retry reruns the same job even if the team's YAML changed since.
+    ``admission`` is the queue entry of a job that waited for GPUs."""
     record = {
         "handle": handle.model_dump(mode="json"),
         "spec": spec.model_dump(mode="json"),
@@ -153,7 +241,11 @@ def submission_event(
             "output": dg.MetadataValue.path(handle.output_uri),
             "job": dg.MetadataValue.json(record),
         },
-        tags={EVENT_TAG: SUBMITTED, JOB_ID_TAG: handle.job_id},
+        tags={
+            EVENT_TAG: SUBMITTED,
+            JOB_ID_TAG: handle.job_id,
+            **({ADMISSION_TAG: admission} if admission else {}),
+        },
     )
 
 
@@ -210,6 +302,29 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             home=storage.home(context.instance),
             storage_root=storage_root,
         )
+        pool = admission_pool(job_spec)
+        if pool is not None:
+            # No GPU is promised yet: record the job as waiting and end the step; the platform's
+            # admission sensor and the team's reconciler submit it when its turn comes.
+            queued = queue_event(
+                model,
+                job_spec,
+                pool,
+                run_id=context.run_id,
+                attempt=1,
+                code_version=context.assets_def.code_versions_by_key.get(keys.trained),
+                features_storage_id=features["__storage_id__"],
+            )
+            context.log.info(
+                f"Training job {job_spec.job_name} asks for {job_spec.resources.gpu_count} "
+                f"GPU(s) of pool {pool}: it is queued for GPU, not submitted. The "
+                f"{ADMISSION_SENSOR} sensor admits it in fair-share order when the pool and "
+                f"{model.team.team}'s quota have room; the {model.team.team}_training_reconciler "
+                "sensor then submits it. The steps after this one are skipped in this run, not "
+                "stopped."
+            )
+            yield queued
+            return
         backend = model.team.load_backend(spec.backend)
         handle = submit(backend, job_spec)
         try:

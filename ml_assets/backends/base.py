@@ -11,10 +11,11 @@ This module imports no dagster and no cloud SDK.
 from __future__ import annotations
 
 import hashlib
+import re
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class JobState(StrEnum):
@@ -35,15 +36,121 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Kubernetes object syntax (the API reference's "Object Names and IDs" and "Labels" pages): a
+# label key is an optional DNS-subdomain prefix and a name; a label value is at most 63 characters.
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is no valid Kubernetes label key (``[prefix/]name``), or ``None``."""
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            f"{key!r} is not a valid label key: its name must be at most 63 letters, digits, "
+            "'-', '_' or '.', starting and ending with a letter or digit"
+        )
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"{key!r} is not a valid label key: its prefix must be a DNS subdomain"
+    return None
+
+
+def label_problems(labels: dict[str, str]) -> str | None:
+    """Every problem of a mapping of Kubernetes labels (keys and values), or ``None``."""
+    problems = [
+        problem
+        for key, label in labels.items()
+        for problem in (label_key_problem(key), label_value_problem(label))
+        if problem
+    ]
+    return "; ".join(problems) or None
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why ``value`` is no valid Kubernetes label value, or ``None``."""
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return (
+            f"{value!r} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
+class Toleration(_Frozen):
+    """A Kubernetes pod toleration, checked by the API server's rules when a team YAML loads.
+
+    ``operator`` is ``Equal`` (the default) or ``Exists``; ``Exists`` matches any value, so it
+    takes none, and an empty ``key`` (every taint) needs it. ``effect`` is empty (every effect),
+    ``NoSchedule``, ``PreferNoSchedule`` or ``NoExecute``; ``tolerationSeconds`` applies only
+    to ``NoExecute``.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
+
+    key: str = Field("", description="Taint key; empty: every key (needs operator Exists).")
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = Field("", description="Taint value for Equal; must be empty for Exists.")
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    toleration_seconds: int | None = Field(
+        None, alias="tolerationSeconds", description="How long a NoExecute taint is tolerated."
+    )
+
+    @model_validator(mode="after")
+    def _api_rules(self) -> Self:
+        problems = []
+        if self.key and (problem := label_key_problem(self.key)):
+            problems.append(f"key: {problem}")
+        if not self.key and self.operator != "Exists":
+            problems.append("operator: must be 'Exists' when key is empty")
+        if self.operator == "Exists" and self.value:
+            problems.append(f"value: must be empty when operator is 'Exists', not {self.value!r}")
+        if self.operator == "Equal" and (problem := label_value_problem(self.value)):
+            problems.append(f"value: {problem}")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            problems.append(
+                f"tolerationSeconds: only allowed with effect 'NoExecute', not {self.effect!r}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def manifest(self) -> dict[str, Any]:
+        """The toleration as it goes into a pod spec (empty fields left out)."""
+        fields = {
+            "key": self.key,
+            "operator": self.operator,
+            "value": self.value,
+            "effect": self.effect,
+            "tolerationSeconds": self.toleration_seconds,
+        }
+        return {name: value for name, value in fields.items() if value not in ("", None)}
+
+
 class Resources(_Frozen):
     """What one job asks of its backend. Backends map this to their own request shapes."""
 
     cpu: float = Field(1.0, gt=0, description="CPU cores.")
     memory_gb: float = Field(2.0, gt=0, description="Memory in GiB.")
     gpu_count: int = Field(0, ge=0, description="Number of GPUs.")
-    gpu_type: str | None = Field(None, description="GPU model, e.g. 'nvidia-tesla-t4'.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, str]] = Field(default_factory=list)
+    gpu_type: str | None = Field(
+        None, description="GPU model by its short name, e.g. 't4' (or 'nvidia-tesla-t4')."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes node labels the job's pod must run on."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Kubernetes tolerations of the job's pod."
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = label_problems(value)
+        if problems:
+            raise ValueError(problems)
+        return value
 
 
 class JobSpec(_Frozen):
@@ -95,9 +202,15 @@ class JobHandle(_Frozen):
 
     @classmethod
     def for_spec(
-        cls, backend: str, spec: JobSpec, details: dict[str, Any], job_id: str | None = None
+        cls,
+        backend: str,
+        spec: JobSpec,
+        details: dict[str, Any] | HandleDetails,
+        job_id: str | None = None,
     ) -> JobHandle:
         """The handle of ``spec``'s job on ``backend`` (its id defaults to ``spec.job_name``)."""
+        if isinstance(details, HandleDetails):
+            details = details.encode()
         return cls(
             backend=backend,
             job_id=job_id or spec.job_name,
@@ -114,6 +227,44 @@ class JobHandle(_Frozen):
     @classmethod
     def from_json(cls, raw: str) -> JobHandle:
         return cls.model_validate_json(raw)
+
+
+class InvalidHandle(ValueError):
+    """A handle that does not belong to a backend, or whose details do not fit it."""
+
+
+def check_backend(handle: JobHandle, backend: str) -> None:
+    """Raise ``InvalidHandle`` unless ``handle`` was made by the backend named ``backend``."""
+    if handle.backend != backend:
+        raise InvalidHandle(
+            f"job {handle.job_id} belongs to backend {handle.backend!r}, not {backend!r}"
+        )
+
+
+class HandleDetails(_Frozen):
+    """The typed ``JobHandle.details`` of one backend: a subclass per backend names its fields.
+
+    ``encode`` gives the JSON-ready mapping stored in the handle; ``decode`` checks that the
+    handle is the backend's and validates its details, with an error naming the job and field.
+    """
+
+    def encode(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def decode(cls, handle: JobHandle, backend: str) -> Self:
+        check_backend(handle, backend)
+        try:
+            return cls.model_validate(handle.details)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or 'details'}: {item['msg']}"
+                for item in error.errors()
+            )
+            raise InvalidHandle(
+                f"the handle of job {handle.job_id} does not fit the {backend} backend "
+                f"({cls.__name__}): {problems}"
+            ) from None
 
 
 class JobStatus(_Frozen):

@@ -1,18 +1,12 @@
 """The Kubernetes backend: one ``batch/v1`` Job per training run, through the official client.
 
 The Job is named ``spec.job_name`` (deterministic from the idempotency key), so the API server's
-name uniqueness is what makes ``submit`` idempotent: a ``409 AlreadyExists`` means the job is there
-already, and its ``ml-assets/idempotency-key`` annotation is checked to be ours. The container runs
-``spec.image`` (else the ``image`` setting) in ``spec.working_dir`` (its ``workingDir``; else the
-image's WORKDIR) with ``spec.env``. A staged job's command is ``remote.staged_command``, which
-uploads ``job.log``, the Pipes ``messages.jsonl`` and, on a non-zero exit, ``failure.json`` to the
-job's ``output_uri``; an unstaged one (``staged=False``) runs ``spec.command`` as it is with
-``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there itself. The backend uses
-``spec.output_uri`` as given (the asset layer builds it as ``<storage_root>/jobs/<team>/<model>/<job
-name>``, see ``remote.output_location``). ``storage_root`` may be ``s3://``, ``gs://`` (the pod
-reaches it with its service account's cloud identity, never a secret in the job's env) or a path on
-a volume that both the pod and the Dagster processes mount (``shared_volume_claim`` mounts a PVC at
-that path).
+name uniqueness makes ``submit`` idempotent: a ``409 AlreadyExists`` means the job is there, and
+its ``ml-assets/idempotency-key`` annotation is checked to be ours. The container runs
+``spec.image`` (else the ``image_uri`` setting) in ``spec.working_dir`` (its ``workingDir``) with
+the staged command of ``remote`` (or, unstaged, ``spec.command`` as it is). ``storage_root`` may be
+``s3://``, ``gs://`` (reached with the pod's service account, never a secret in its env) or a path
+on a volume both the pod and the Dagster processes mount (``shared_volume_claim``).
 
 The machine shape of a job is its container resources plus a node selector:
 
@@ -21,30 +15,28 @@ The machine shape of a job is its container resources plus a node selector:
 ``memory_gb``       requests = limits, ``"4Gi"`` or ``"1536Mi"``
 ``gpu_count`` > 0   ``nvidia.com/gpu: <count>`` (requests = limits), a ``nvidia.com/gpu``
                     ``NoSchedule`` toleration, and the node selector of ``gpu_type``
-``gpu_type``        looked up in ``gpu_node_selectors`` (default ``GPU_NODE_SELECTORS``:
-                    GKE's ``cloud.google.com/gke-accelerator: <type>`` for the GKE names below);
-                    an unknown type is a ``ValueError`` naming the known ones
-``node_selector``,  added as given (the model's ``node_selector`` wins over the GPU's)
-``tolerations``
+``gpu_type``        looked up by its short name in ``gpu_node_selectors`` (default
+                    ``GPU_NODE_SELECTORS``: GKE's ``cloud.google.com/gke-accelerator``)
+``node_selector``,  added as given (the model's ``node_selector`` wins over the GPU's);
+``tolerations``     both are checked against the API server's rules when the team YAML loads
 ==================  =========================================================================
 
-On a cluster labelled by NVIDIA's GPU feature discovery instead, set ``gpu_node_selectors`` in
-the team's YAML, e.g. ``{nvidia-a100-80gb: {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}}``; it
-replaces the default table.
+On a cluster labelled by NVIDIA's GPU feature discovery instead, set ``gpu_node_selectors``,
+e.g. ``{a100-80gb: {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}}``; it replaces the table.
+
+**Kueue.** ``spec.labels`` become the Job's labels, so a spec labelled
+``kueue.x-k8s.io/queue-name: <LocalQueue>`` is queued by Kueue, whose webhook creates it
+suspended (``spec.suspend: true``) until admitted: such a Job is ``QUEUED``, "suspended by Kueue
+in LocalQueue <name>".
 
 Polling lists the jobs of each (namespace, team) with one paginated ``list_namespaced_job`` by
 label selector, read as raw JSON (``_preload_content=False``) of which only the few fields the
-state needs are kept: building the client's model classes for every Job, manifest and all, was
-most of a poll's time at thousands of jobs. A ``Complete`` Job succeeded (``result_uri`` = its
-``output_uri``: its Pipes messages there say what it produced), a ``Failed`` one failed. A job
-that is no longer listed was cancelled if ``cancel`` left a ``cancelled.json`` marker in its
-output (the marker is the durable record, readable from any process); else it failed if it left
-a staged ``failure.json``; else, if it left any output (``job.log`` or Pipes messages), it ran
-and was removed after it ended (``ttlSecondsAfterFinished``) and is reported succeeded, its
-messages deciding; else it failed. Logs come from the job's pod, or the staged
-``job.log`` once the pod is gone. The client's urllib3 retries (``Configuration.retries``) absorb
-429, 5xx and dropped connections for every verb, POST included: a retried create answered
-``409`` is taken as success.
+state needs are kept. A job that is no longer listed was cancelled if ``cancel`` left a
+``cancelled.json`` marker in its output (the durable record, readable from any process); else it
+failed if it left a staged ``failure.json``; else, if it left any output (``job.log`` or Pipes
+messages), it ran and was removed after it ended (``ttlSecondsAfterFinished``) and is reported
+succeeded, its messages deciding; else it failed. Logs come from the job's pod, or the staged
+``job.log`` once the pod is gone.
 """
 
 from __future__ import annotations
@@ -54,17 +46,26 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ml_assets import transport
 from ml_assets.backends import remote
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
-from ml_assets.backends.resource import BackendResource
+from ml_assets.backends.base import (
+    HandleDetails,
+    JobHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Resources,
+    label_key_problem,
+    label_problems,
+)
+from ml_assets.backends.remote import JobExists, KeyConflict, NativeJob, RemoteBackend
+from ml_assets.backends.resource import RemoteBackendResource
+from ml_assets.backends.shapes import normalize_gpu_type
 from ml_assets.tags import (
     KUBERNETES_KEY_ANNOTATION,
     KUBERNETES_KEY_HASH_LABEL,
@@ -75,6 +76,7 @@ from ml_assets.tags import (
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "ml-assets"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The label the Job controller puts on a Job's pods.
 POD_JOB_LABEL = "job-name"
 CONTAINER_NAME = "trainer"
@@ -87,13 +89,16 @@ FAILURE_FILE = "failure.json"
 # chunks); their presence means the job already ran in this output.
 _OUTPUT_MARKERS = ("job.log", "messages.jsonl", "messages/1.json")
 _RAN_MARKERS = (CANCELLED_MARKER, *_OUTPUT_MARKERS)
-RETRY_STATUSES = (429, 500, 502, 503, 504)
-_CREATE_ATTEMPTS = 3
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The API reference's resource.Quantity grammar: <signedNumber><suffix>, the suffix binary SI,
+# decimal SI (m, k, M, G, T, P, E or none) or a decimal exponent.
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)"
+QUANTITY = re.compile(rf"{_NUMBER}(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE]{_NUMBER})?\Z")
 
 _GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 GPU_NODE_SELECTORS: dict[str, dict[str, str]] = {
-    gpu: {_GKE_ACCELERATOR: gpu}
-    for gpu in (
+    normalize_gpu_type(gke): {_GKE_ACCELERATOR: gke}
+    for gke in (
         "nvidia-tesla-t4",
         "nvidia-tesla-p4",
         "nvidia-tesla-p100",
@@ -106,18 +111,18 @@ GPU_NODE_SELECTORS: dict[str, dict[str, str]] = {
         "nvidia-h200-141gb",
     )
 }
-"""GPU type -> node selector labels, by default GKE's accelerator label (see module docstring)."""
+"""GPU short name -> node selector labels, by default GKE's accelerator label."""
 
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
-_TOLERATION_FIELDS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
+JobNameConflict = KeyConflict
 
 
-class JobNameConflict(RuntimeError):
-    """The deterministic job name is taken by a job with another idempotency key."""
+class KubernetesDetails(HandleDetails):
+    """A Kubernetes job's handle details: its namespace (unset: the backend's)."""
+
+    namespace: str | None = None
 
 
-class KubernetesBackendResource(BackendResource):
+class KubernetesBackendResource(RemoteBackendResource):
     """Settings of the Kubernetes backend (``backends: {kubernetes: {...}}`` in a team's YAML).
 
     The API server is ``host`` (with ``token``) when given, else the ``kubeconfig``/``context``
@@ -134,7 +139,7 @@ class KubernetesBackendResource(BackendResource):
     ssl_ca_cert: str | None = Field(None, description="CA bundle for `host` (a file path).")
     insecure_skip_tls_verify: bool = Field(False, description="Skip TLS checks for `host`.")
     namespace: str = Field("default", description="Namespace the jobs run in.")
-    image: str = Field(
+    image_uri: str = Field(
         description="Default container image (with ml_assets) for jobs that name no image."
     )
     storage_root: str = Field(
@@ -143,26 +148,39 @@ class KubernetesBackendResource(BackendResource):
     shared_volume_claim: str | None = Field(
         None, description="PVC mounted at `storage_root` in every job (local storage_root only)."
     )
-    service_account_name: str | None = Field(
+    service_account: str | None = Field(
         None, description="Service account of the job's pod (its cloud storage identity)."
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    sync_seconds: float = Field(
-        10.0, ge=0, description="How often a running staged job uploads its log and messages."
-    )
     ttl_seconds_after_finished: int | None = Field(
         86400, ge=0, description="Delete finished jobs after this long; null keeps them."
+    )
+    ephemeral_storage: str | None = Field(
+        None, description="Local disk of the pod (a Kubernetes quantity, e.g. '20Gi')."
     )
     gpu_node_selectors: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {gpu: dict(labels) for gpu, labels in GPU_NODE_SELECTORS.items()},
         description="GPU type -> node selector labels; replaces the GKE default table.",
     )
     page_size: int = Field(500, ge=1, description="Jobs per page when polling lists jobs.")
-    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one API call.")
-    max_retries: int = Field(8, ge=0, description="Retries of a call on 429, 5xx or a drop.")
-    retry_backoff_seconds: float = Field(
-        0.5, ge=0, description="Backoff factor between retries (doubles each time)."
-    )
+
+    @field_validator("ephemeral_storage")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not QUANTITY.match(value):
+            raise ValueError(
+                f"{value!r} is not a Kubernetes quantity: a number and an optional suffix "
+                "(Ki, Mi, Gi, Ti, Pi, Ei, m, k, M, G, T, P, E), e.g. '20Gi', no space"
+            )
+        return value
+
+    @field_validator("gpu_node_selectors")
+    @classmethod
+    def _selectors(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        problems = [f"{gpu}: {bad}" for gpu, sel in value.items() if (bad := label_problems(sel))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     def get_backend(self) -> KubernetesBackend:
         return KubernetesBackend(self)
@@ -188,21 +206,12 @@ def team_selector(team: str) -> str:
     return f"{selector},{KUBERNETES_TEAM_LABEL}={label_value(team)}" if team else selector
 
 
-def _check_label_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if not _LABEL_NAME.match(name) or (
-        prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))
-    ):
-        raise ValueError(
-            f"label {key!r} is not a valid Kubernetes label key ([prefix/]name, name at most 63 "
-            f"letters, digits, '-', '_' or '.', starting and ending alphanumeric)"
-        )
-
-
 def job_labels(spec: JobSpec) -> dict[str, str]:
-    """The spec's labels plus ml_assets' own (team, model, key hash), which take precedence."""
+    """The spec's labels (a Kueue queue name among them) plus ml_assets' own, which win."""
     for key in spec.labels:
-        _check_label_key(key)
+        problem = label_key_problem(key)
+        if problem:
+            raise ValueError(f"label {problem} (a Kubernetes label key is [prefix/]name)")
     return {
         **{key: label_value(value) for key, value in spec.labels.items()},
         MANAGED_BY_LABEL: MANAGED_BY,
@@ -224,57 +233,51 @@ def memory_quantity(memory_gb: float) -> str:
     return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
-def container_resources(resources: Resources) -> dict[str, dict[str, str]]:
+def container_resources(
+    resources: Resources, ephemeral_storage: str | None = None
+) -> dict[str, dict[str, str]]:
     """Requests and limits (equal, so the pod gets what the model asked for, and no more)."""
     amounts = {"cpu": cpu_quantity(resources.cpu), "memory": memory_quantity(resources.memory_gb)}
+    if ephemeral_storage:
+        amounts["ephemeral-storage"] = ephemeral_storage
     if resources.gpu_count:
         amounts[GPU_RESOURCE] = str(resources.gpu_count)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
 def gpu_node_selector(
-    resources: Resources, table: dict[str, dict[str, str]] | None = None
+    resources: Resources, table: Mapping[str, dict[str, str]] | None = None
 ) -> dict[str, str]:
     """The node labels of the GPU type ``resources`` asks for (``{}`` for none or any type).
 
     Raises ``ValueError`` for a type missing from ``table`` (default ``GPU_NODE_SELECTORS``)
     and for a GPU type without a GPU count.
     """
-    table = GPU_NODE_SELECTORS if table is None else table
+    table = {
+        normalize_gpu_type(gpu): labels for gpu, labels in (table or GPU_NODE_SELECTORS).items()
+    }
     if resources.gpu_type is None:
         return {}
-    if resources.gpu_type not in table:
-        known = ", ".join(sorted(table)) or "none configured"
+    gpu_type = normalize_gpu_type(resources.gpu_type)
+    if gpu_type not in table:
         raise ValueError(
             f"unknown GPU type {resources.gpu_type!r} for the kubernetes backend; known types: "
-            f"{known} (map it to node labels in backends.kubernetes.gpu_node_selectors)"
+            f"{', '.join(sorted(table)) or 'none configured'} (map it to node labels in "
+            "backends.kubernetes.gpu_node_selectors)"
         )
     if not resources.gpu_count:
         raise ValueError(
             f"gpu_type {resources.gpu_type!r} is set but gpu_count is 0; ask for at least one GPU"
         )
-    return dict(table[resources.gpu_type])
-
-
-def _toleration(raw: dict[str, str]) -> dict[str, Any]:
-    unknown = set(raw) - _TOLERATION_FIELDS
-    if unknown:
-        raise ValueError(
-            f"toleration {raw} has unknown fields {sorted(unknown)}; "
-            f"allowed: {sorted(_TOLERATION_FIELDS)}"
-        )
-    toleration: dict[str, Any] = dict(raw)
-    if "tolerationSeconds" in toleration:
-        toleration["tolerationSeconds"] = int(toleration["tolerationSeconds"])
-    return toleration
+    return dict(table[gpu_type])
 
 
 def pod_placement(
-    resources: Resources, table: dict[str, dict[str, str]] | None = None
+    resources: Resources, table: Mapping[str, dict[str, str]] | None = None
 ) -> dict[str, Any]:
     """``nodeSelector`` and ``tolerations`` of the pod (keys left out when empty)."""
     selector = {**gpu_node_selector(resources, table), **resources.node_selector}
-    tolerations = [_toleration(raw) for raw in resources.tolerations]
+    tolerations = [toleration.manifest() for toleration in resources.tolerations]
     if resources.gpu_count and GPU_TOLERATION not in tolerations:
         tolerations.append(dict(GPU_TOLERATION))
     placement: dict[str, Any] = {}
@@ -288,16 +291,16 @@ def pod_placement(
 def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[str, Any]:
     """The ``batch/v1`` Job manifest that runs ``spec`` (plain JSON, no client objects).
 
-    Raises ``ValueError`` for an unknown GPU type, a bad label key or toleration, or a
+    Raises ``ValueError`` for an unknown GPU type, a bad label key, or a
     ``shared_volume_claim`` with a storage_root that is not a path.
     """
     labels = job_labels(spec)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": spec.image or settings.image,
+        "image": spec.image or settings.image_uri,
         "imagePullPolicy": settings.image_pull_policy,
         "command": remote.container_command(spec, settings.sync_seconds),
-        "resources": container_resources(spec.resources),
+        "resources": container_resources(spec.resources, settings.ephemeral_storage),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.working_dir:
@@ -310,8 +313,8 @@ def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[s
         "containers": [container],
         **pod_placement(spec.resources, settings.gpu_node_selectors),
     }
-    if settings.service_account_name:
-        pod_spec["serviceAccountName"] = settings.service_account_name
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
     if settings.shared_volume_claim:
         if not transport.is_local(settings.storage_root):
             raise ValueError(
@@ -320,18 +323,18 @@ def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[s
             )
         mount_path = str(transport.local_path(settings.storage_root))
         container["volumeMounts"] = [{"name": STORAGE_VOLUME, "mountPath": mount_path}]
-        pod_spec["volumes"] = [
-            {
-                "name": STORAGE_VOLUME,
-                "persistentVolumeClaim": {"claimName": settings.shared_volume_claim},
-            }
-        ]
+        claim = {"claimName": settings.shared_volume_claim}
+        pod_spec["volumes"] = [{"name": STORAGE_VOLUME, "persistentVolumeClaim": claim}]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if settings.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = settings.ttl_seconds_after_finished
+    annotations = {
+        KUBERNETES_KEY_ANNOTATION: spec.idempotency_key,
+        KUBERNETES_OUTPUT_ANNOTATION: spec.output_uri,
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -339,24 +342,50 @@ def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[s
             "name": spec.job_name,
             "namespace": settings.namespace,
             "labels": labels,
-            "annotations": {
-                KUBERNETES_KEY_ANNOTATION: spec.idempotency_key,
-                KUBERNETES_OUTPUT_ANNOTATION: spec.output_uri,
-            },
+            "annotations": annotations,
         },
         "spec": job_spec,
     }
 
 
-def client_configuration(settings: KubernetesBackendResource) -> Any:
-    """A ``kubernetes.client.Configuration`` for ``settings``, with urllib3 retries set.
+def native_job(item: Mapping[str, Any]) -> NativeJob:
+    """What one Job, as raw JSON (a list item or a read), says of its state.
 
-    Retries cover connection errors, dropped connections and 429/5xx answers for every method
-    (a retried POST that finds its job created gets 409, which ``submit`` accepts), honouring
-    ``Retry-After``.
+    States: ``Complete`` or ``Failed`` (its true condition), ``Suspended`` (Kueue holds it),
+    ``Running`` (a ready pod), ``Pending`` (a pod not yet ready), ``Created`` (no pod yet).
+    """
+    metadata = item.get("metadata") or {}
+    status = item.get("status") or {}
+    key = str((metadata.get("annotations") or {}).get(KUBERNETES_KEY_ANNOTATION) or "")
+    for condition in status.get("conditions") or []:
+        kind = condition.get("type")
+        if condition.get("status") == "True" and kind in ("Complete", "Failed"):
+            if kind == "Complete":
+                return NativeJob("Complete", key=key)
+            reason = ": ".join(str(condition[f]) for f in ("reason", "message") if condition.get(f))
+            return NativeJob(
+                "Failed", f"Kubernetes job failed ({reason or 'no reason given'})", key=key
+            )
+    if (item.get("spec") or {}).get("suspend"):
+        queue = (metadata.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+        where = f"by Kueue in LocalQueue {queue}" if queue else "(spec.suspend is true)"
+        return NativeJob("Suspended", f"suspended {where}", key=key)
+    active, ready = int(status.get("active") or 0), status.get("ready")
+    if active and (ready is None or int(ready) > 0):
+        return NativeJob("Running", key=key)
+    if active:
+        return NativeJob("Pending", "waiting for its pod to be scheduled and started", key=key)
+    return NativeJob("Created", "waiting for the job controller to create its pod", key=key)
+
+
+def client_configuration(settings: KubernetesBackendResource) -> Any:
+    """A ``kubernetes.client.Configuration`` for ``settings``.
+
+    urllib3's own retries are off: every call runs under the backend's retry policy, so a
+    create whose answer is lost is found (not sent again), and a list whose body breaks off
+    is read again.
     """
     from kubernetes import client, config
-    from urllib3.util.retry import Retry
 
     if settings.host:
         configuration = client.Configuration(host=settings.host)
@@ -386,272 +415,118 @@ def client_configuration(settings: KubernetesBackendResource) -> Any:
     if settings.token:
         configuration.api_key = {"BearerToken": settings.token}
         configuration.api_key_prefix = {"BearerToken": "Bearer"}
-    retries = settings.max_retries
-    configuration.retries = Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        other=0,
-        allowed_methods=None,
-        status_forcelist=RETRY_STATUSES,
-        backoff_factor=settings.retry_backoff_seconds,
-        backoff_max=30,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
+    configuration.retries = False
     return configuration
 
 
 # -- the backend ----------------------------------------------------------------------------------
 
 
-def _annotation(job: Any, name: str) -> str | None:
-    annotations = job.metadata.annotations or {}
-    value = annotations.get(name)
-    return str(value) if value is not None else None
-
-
-def _finished_condition(job: Any) -> Any | None:
-    """The job's ``Complete`` or ``Failed`` condition, if it has ended."""
-    for condition in (job.status and job.status.conditions) or []:
-        if condition.status == "True" and condition.type in ("Complete", "Failed"):
-            return condition
-    return None
-
-
-@dataclass(frozen=True)
-class ListedJob:
-    """What a poll keeps of one listed Job: the few fields its state is decided from.
-
-    ``finished`` is the ``(type, reason, message)`` of its ``Complete`` or ``Failed`` condition
-    once it has ended; ``ready`` is ``None`` where the API server does not report it.
-    """
-
-    name: str
-    owner: str | None
-    finished: tuple[str, str, str] | None
-    active: int
-    ready: int | None
-
-
-def listed_job(item: Mapping[str, Any]) -> ListedJob:
-    """The ``ListedJob`` of one item of a raw ``JobList`` (plain JSON, no client models)."""
-    metadata = item.get("metadata") or {}
-    status = item.get("status") or {}
-    owner = (metadata.get("annotations") or {}).get(KUBERNETES_KEY_ANNOTATION)
-    finished = None
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            kind, reason, message = (condition.get(f) for f in ("type", "reason", "message"))
-            finished = (str(kind), str(reason or ""), str(message or ""))
-            break
-    return ListedJob(
-        name=str(metadata.get("name") or ""),
-        owner=str(owner) if owner is not None else None,
-        finished=finished,
-        active=int(status.get("active") or 0),
-        ready=None if status.get("ready") is None else int(status["ready"]),
-    )
-
-
-class KubernetesBackend:
+class KubernetesBackend(RemoteBackend[KubernetesDetails]):
     """Runs each training job as a Kubernetes ``batch/v1`` Job; see the module docstring."""
 
-    name: str = "kubernetes"
+    name = "kubernetes"
+    service = "Kubernetes"
+    details_type = KubernetesDetails
+    states: ClassVar[Mapping[str, JobState]] = {
+        "Complete": JobState.SUCCEEDED,
+        "Failed": JobState.FAILED,
+        "Running": JobState.RUNNING,
+        "Pending": JobState.QUEUED,
+        "Created": JobState.QUEUED,
+        "Suspended": JobState.QUEUED,
+    }
+    lists_every_job = True
 
     def __init__(self, settings: KubernetesBackendResource) -> None:
         from kubernetes import client
 
+        super().__init__(settings.retry_policy())
         self.settings = settings
         api_client = client.ApiClient(client_configuration(settings))
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._timeout = settings.request_timeout_seconds
 
-    # -- submit ---------------------------------------------------------------------------------
+    def namespace(self, details: KubernetesDetails) -> str:
+        return details.namespace or self.settings.namespace
 
-    def submit(self, spec: JobSpec) -> JobHandle:
-        """Create the Job for ``spec`` unless it exists or already ran; return its handle.
-
-        Raises ``JobNameConflict`` if the name belongs to a job with another key.
-        """
+    def is_transient(self, error: Exception) -> bool:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
-        body = build_job_body(spec, self.settings)
-        handle = JobHandle.for_spec(self.name, spec, {"namespace": self.settings.namespace})
+        if isinstance(error, ApiException):
+            return error.status in RETRY_STATUSES
+        return isinstance(error, HTTPError)
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def prepare(self, spec: JobSpec) -> dict[str, Any]:
+        return build_job_body(spec, self.settings)
+
+    def find(self, spec: JobSpec) -> KubernetesDetails | None:
+        details = KubernetesDetails(namespace=self.settings.namespace)
         # A cancelled job, or one that ran and was deleted since, has freed its name; creating
         # it again would run it twice.
         if any(transport.exists(transport.join(spec.output_uri, m)) for m in _RAN_MARKERS):
-            return handle
-        for _ in range(_CREATE_ATTEMPTS):
-            try:
-                self._batch.create_namespaced_job(
-                    self.settings.namespace, body, _request_timeout=self._timeout
-                )
-                return handle
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-            existing = self._read_job(spec.job_name, self.settings.namespace)
-            if existing is not None:
-                self._check_owner(existing, spec.idempotency_key)
-                return handle
-            # Deleted between the 409 and the read: the name is free again.
-        raise RuntimeError(
-            f"could not create job {spec.job_name} in namespace {self.settings.namespace}: "
-            f"it kept being deleted while being created"
-        )
+            return details
+        job = self._read(spec.job_name, self.settings.namespace)
+        if job is None:
+            return None
+        self.check_owner(spec.job_name, job, spec.idempotency_key)
+        return details
 
-    def _check_owner(self, job: Any, key: str) -> None:
-        owner = _annotation(job, KUBERNETES_KEY_ANNOTATION)
-        if owner != key:
-            raise JobNameConflict(
-                f"Kubernetes job {job.metadata.namespace}/{job.metadata.name} belongs to "
-                f"idempotency key {owner!r}, not {key!r}; delete it or use another key"
-            )
-
-    def _read_job(self, name: str, namespace: str) -> Any | None:
+    def create(self, spec: JobSpec, request: dict[str, Any]) -> KubernetesDetails:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self._batch.read_namespaced_job(name, namespace, _request_timeout=self._timeout)
+            self._batch.create_namespaced_job(
+                self.settings.namespace, request, _request_timeout=self._timeout
+            )
         except ApiException as error:
-            if error.status == 404:
-                return None
+            if error.status == 409:
+                raise JobExists(f"job {spec.job_name} exists") from error
             raise
+        return KubernetesDetails(namespace=self.settings.namespace)
 
-    # -- poll -----------------------------------------------------------------------------------
+    def list_jobs(self, jobs: remote.Listed[KubernetesDetails]) -> dict[str, NativeJob]:
+        """One paginated list call per (namespace, team), read as raw JSON."""
+        groups: dict[tuple[str, str], set[str]] = {}
+        for handle, details in jobs:
+            groups.setdefault((self.namespace(details), handle.team), set()).add(handle.job_id)
+        found: dict[str, NativeJob] = {}
+        for (namespace, team), wanted in groups.items():
+            token: str | None = None
+            while True:
+                response = self._batch.list_namespaced_job(
+                    namespace,
+                    label_selector=team_selector(team),
+                    limit=self.settings.page_size,
+                    _continue=token,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                )
+                try:
+                    page: dict[str, Any] = json.loads(response.data)
+                finally:
+                    response.release_conn()
+                for item in page.get("items") or []:
+                    name = (item.get("metadata") or {}).get("name")
+                    if name in wanted:
+                        found[name] = native_job(item)
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return found
 
-    def poll(self, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        """The status of every handle: one paginated list call per (namespace, team).
+    def get_job(self, handle: JobHandle, details: KubernetesDetails) -> NativeJob | None:
+        return self._read(handle.job_id, self.namespace(details))
 
-        Storage is read only for jobs that have finished or disappeared.
-        """
-        groups: dict[tuple[str, str], list[JobHandle]] = {}
-        for handle in handles:
-            groups.setdefault((self._namespace(handle), handle.team), []).append(handle)
-        statuses: dict[str, JobStatus] = {}
-        for (namespace, team), members in groups.items():
-            jobs = self._list_jobs(namespace, team, {handle.job_id for handle in members})
-            for handle in members:
-                statuses[handle.job_id] = self._status(handle, jobs.get(handle.job_id))
-        return statuses
-
-    def _list_jobs(self, namespace: str, team: str, wanted: set[str]) -> dict[str, ListedJob]:
-        found: dict[str, ListedJob] = {}
-        token: str | None = None
-        while True:
-            page = self._list_page(namespace, team_selector(team), token)
-            for item in page.get("items") or []:
-                if (item.get("metadata") or {}).get("name") in wanted:
-                    job = listed_job(item)
-                    found[job.name] = job
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return found
-
-    def _list_page(self, namespace: str, selector: str, token: str | None) -> dict[str, Any]:
-        """One page of the job list as plain JSON.
-
-        The client's urllib3 retries cover the call up to its answer's status line; reading
-        the body is then ours, so a body that breaks off is retried here the same way (a
-        preloaded answer would have been retried inside urllib3).
-        """
-        from urllib3.exceptions import HTTPError
-
-        attempt = 0
-        while True:
-            response = self._batch.list_namespaced_job(
-                namespace,
-                label_selector=selector,
-                limit=self.settings.page_size,
-                _continue=token,
-                _preload_content=False,
-                _request_timeout=self._timeout,
-            )
-            try:
-                page: dict[str, Any] = json.loads(response.data)
-                return page
-            except HTTPError:
-                if attempt >= self.settings.max_retries:
-                    raise
-            finally:
-                response.release_conn()
-            time.sleep(min(30.0, self.settings.retry_backoff_seconds * 2**attempt))
-            attempt += 1
-
-    def _status(self, handle: JobHandle, job: ListedJob | None) -> JobStatus:
-        if job is None:
-            return self._missing_status(handle)
-        if job.owner != handle.idempotency_key:
-            return JobStatus(
-                job_id=handle.job_id,
-                state=JobState.FAILED,
-                message=f"job {handle.job_id} now belongs to idempotency key {job.owner!r}",
-            )
-        if job.finished is not None and job.finished[0] == "Complete":
-            return remote.finished_status(handle.job_id, JobState.SUCCEEDED, handle.output_uri)
-        if job.finished is not None:
-            reason = ": ".join(part for part in job.finished[1:] if part)
-            return remote.finished_status(
-                handle.job_id,
-                JobState.FAILED,
-                handle.output_uri,
-                f"Kubernetes job failed ({reason or 'no reason given'})",
-            )
-        if job.active and (job.ready is None or job.ready > 0):
-            return JobStatus(job_id=handle.job_id, state=JobState.RUNNING)
-        message = (
-            "waiting for its pod to be scheduled and started"
-            if job.active
-            else "waiting for the job controller to create its pod"
-        )
-        return JobStatus(job_id=handle.job_id, state=JobState.QUEUED, message=message)
-
-    def _missing_status(self, handle: JobHandle) -> JobStatus:
-        uri = handle.output_uri
-        if transport.exists(transport.join(uri, CANCELLED_MARKER)):
-            return JobStatus(job_id=handle.job_id, state=JobState.CANCELLED, message="cancelled")
-        if transport.exists(transport.join(uri, FAILURE_FILE)):
-            return remote.finished_status(
-                handle.job_id,
-                JobState.FAILED,
-                uri,
-                "the Kubernetes job was deleted after it failed",
-            )
-        if any(transport.exists(transport.join(uri, marker)) for marker in _OUTPUT_MARKERS):
-            return remote.finished_status(
-                handle.job_id,
-                JobState.SUCCEEDED,
-                uri,
-                "the Kubernetes job was removed after it ended; its messages tell its outcome",
-            )
-        return JobStatus(
-            job_id=handle.job_id,
-            state=JobState.FAILED,
-            message=(
-                f"Kubernetes job {handle.job_id} is gone from namespace "
-                f"{self._namespace(handle)} and left no output in {uri}: it was deleted outside "
-                f"ml_assets, or its pod was killed before the output was uploaded"
-            ),
-        )
-
-    # -- cancel ---------------------------------------------------------------------------------
-
-    def cancel(self, handle: JobHandle) -> None:
-        """Stop the job and remember that it was cancelled; a finished or gone job is left as is.
-
-        The ``cancelled.json`` marker is written before the delete, so a poll from any process
-        that no longer finds the job reports it cancelled.
-        """
+    def stop(self, handle: JobHandle, details: KubernetesDetails) -> None:
+        """Write ``cancelled.json`` (so a poll from any process that no longer finds the job
+        reports it cancelled), then delete the Job and its pods."""
         from kubernetes.client.exceptions import ApiException
 
-        namespace = self._namespace(handle)
-        job = self._read_job(handle.job_id, namespace)
-        if job is None or _finished_condition(job) is not None:
-            return
-        self._check_owner(job, handle.idempotency_key)
         transport.write_json(
             transport.join(handle.output_uri, CANCELLED_MARKER),
             {
@@ -663,7 +538,7 @@ class KubernetesBackend:
         try:
             self._batch.delete_namespaced_job(
                 handle.job_id,
-                namespace,
+                self.namespace(details),
                 propagation_policy="Background",
                 _request_timeout=self._timeout,
             )
@@ -671,15 +546,31 @@ class KubernetesBackend:
             if error.status != 404:
                 raise
 
-    # -- logs -----------------------------------------------------------------------------------
+    def gone(self, handle: JobHandle, details: KubernetesDetails) -> JobStatus:
+        uri = handle.output_uri
+        if transport.exists(transport.join(uri, CANCELLED_MARKER)):
+            return JobStatus(job_id=handle.job_id, state=JobState.CANCELLED, message="cancelled")
+        if transport.exists(transport.join(uri, FAILURE_FILE)):
+            message = "the Kubernetes job was deleted after it failed"
+            return remote.finished_status(handle.job_id, JobState.FAILED, uri, message)
+        if any(transport.exists(transport.join(uri, marker)) for marker in _OUTPUT_MARKERS):
+            message = "the Kubernetes job was removed after it ended; its messages tell its outcome"
+            return remote.finished_status(handle.job_id, JobState.SUCCEEDED, uri, message)
+        return JobStatus(
+            job_id=handle.job_id,
+            state=JobState.FAILED,
+            message=(
+                f"Kubernetes job {handle.job_id} is gone from namespace "
+                f"{self.namespace(details)} and left no output in {uri}: it was deleted outside "
+                f"ml_assets, or its pod was killed before the output was uploaded"
+            ),
+        )
 
-    def logs(self, handle: JobHandle, tail: int = 100) -> str:
-        """The last ``tail`` lines of the job's pod log, or of the staged ``job.log``."""
+    def job_logs(self, handle: JobHandle, details: KubernetesDetails, tail: int) -> str:
+        """The last lines of the job's pod log, or of the staged ``job.log``."""
         from kubernetes.client.exceptions import ApiException
 
-        if tail <= 0:
-            return ""
-        namespace = self._namespace(handle)
+        namespace = self.namespace(details)
         pods = self._core.list_namespaced_pod(
             namespace,
             label_selector=f"{POD_JOB_LABEL}={handle.job_id}",
@@ -704,12 +595,18 @@ class KubernetesBackend:
                     raise
         return remote.read_log(handle.output_uri, tail)
 
-    # -- helpers --------------------------------------------------------------------------------
+    def _read(self, name: str, namespace: str) -> NativeJob | None:
+        from kubernetes.client.exceptions import ApiException
 
-    def _namespace(self, handle: JobHandle) -> str:
-        if handle.backend != self.name:
-            raise ValueError(
-                f"job {handle.job_id} belongs to backend {handle.backend!r}, not {self.name!r}"
+        try:
+            response = self._batch.read_namespaced_job(
+                name, namespace, _preload_content=False, _request_timeout=self._timeout
             )
-        namespace = handle.details.get("namespace")
-        return str(namespace) if namespace else self.settings.namespace
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        try:
+            return native_job(json.loads(response.data))
+        finally:
+            response.release_conn()

@@ -53,7 +53,7 @@ from ml_assets.backends._local_runner import (
     process_is_alive,
     state_lock,
 )
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus
+from ml_assets.backends.base import HandleDetails, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.files import file_lock, read_json, write_json_atomic
 
 RUNNER_MODULE = "ml_assets.backends._local_runner"
@@ -102,6 +102,13 @@ def job_environment(source: Mapping[str, str], pass_env: Sequence[str] = ()) -> 
 
 _launched: list[subprocess.Popen[bytes]] = []
 _launched_lock = threading.Lock()
+
+
+class LocalDetails(HandleDetails):
+    """A local job's handle details: its directory and when it was submitted (epoch seconds)."""
+
+    job_dir: str | None = None
+    launched_at: float | None = None
 
 
 class JobDirectoryConflict(RuntimeError):
@@ -175,9 +182,9 @@ class LocalBackend:
             own settings, never another team's or another backend's credentials).
             When this ml_assets is a source checkout rather than an installed package, its
             directory is also appended to the job's PYTHONPATH.
-        start_timeout_s: how long after submission a job may show no runner before it is
+        start_timeout_seconds: how long after submission a job may show no runner before it is
             reported as failed rather than queued.
-        cancel_grace_s: how long ``cancel`` waits after SIGTERM before it sends SIGKILL.
+        cancel_grace_seconds: how long ``cancel`` waits after SIGTERM before it sends SIGKILL.
     """
 
     name: str = "local"
@@ -186,15 +193,15 @@ class LocalBackend:
         self,
         python_executable: str | None = None,
         extra_env: Mapping[str, str] | None = None,
-        start_timeout_s: float = 10.0,
-        cancel_grace_s: float = 5.0,
+        start_timeout_seconds: float = 10.0,
+        cancel_grace_seconds: float = 5.0,
         pass_env: Sequence[str] = (),
     ) -> None:
         self.python_executable = python_executable or sys.executable
         self.extra_env = dict(extra_env or {})
         self.pass_env = tuple(pass_env)
-        self.start_timeout_s = start_timeout_s
-        self.cancel_grace_s = cancel_grace_s
+        self.start_timeout_seconds = start_timeout_seconds
+        self.cancel_grace_seconds = cancel_grace_seconds
 
     # -- submit ---------------------------------------------------------------------------------
 
@@ -222,7 +229,7 @@ class LocalBackend:
                     f"use a fresh output_uri"
                 )
             handle = JobHandle.for_spec(
-                self.name, spec, {"job_dir": str(job_dir), "launched_at": time.time()}
+                self.name, spec, LocalDetails(job_dir=str(job_dir), launched_at=time.time())
             )
             write_json_atomic(
                 job_dir / LAUNCH_FILE,
@@ -328,7 +335,7 @@ class LocalBackend:
             return terminal
         if runner is None:
             waited = now - self._launched_at(handle, job_dir)
-            if waited < self.start_timeout_s:
+            if waited < self.start_timeout_seconds:
                 return status(JobState.QUEUED, "submitted; waiting for the runner to start")
             return self._abandon(handle, job_dir, waited)
         return status(
@@ -397,9 +404,9 @@ class LocalBackend:
 
     @staticmethod
     def _launched_at(handle: JobHandle, job_dir: Path) -> float:
-        launched_at = handle.details.get("launched_at")
-        if isinstance(launched_at, int | float):
-            return float(launched_at)
+        launched_at = LocalDetails.decode(handle, LocalBackend.name).launched_at
+        if launched_at is not None:
+            return launched_at
         try:
             return (job_dir / LAUNCH_FILE).stat().st_mtime
         except OSError:
@@ -428,7 +435,7 @@ class LocalBackend:
         groups = self._live_groups(runner)
         for pgid in groups:
             _signal_group(pgid, signal.SIGTERM)
-        if not self._wait_gone(runner, self.cancel_grace_s):
+        if not self._wait_gone(runner, self.cancel_grace_seconds):
             for pgid in groups:
                 _signal_group(pgid, signal.SIGKILL)
             self._wait_gone(runner, 2.0)
@@ -476,14 +483,8 @@ class LocalBackend:
     # -- helpers --------------------------------------------------------------------------------
 
     def _job_dir(self, handle: JobHandle) -> Path:
-        if handle.backend != self.name:
-            raise ValueError(
-                f"job {handle.job_id} belongs to backend {handle.backend!r}, not {self.name!r}"
-            )
-        recorded = handle.details.get("job_dir")
-        if isinstance(recorded, str) and recorded:
-            return Path(recorded)
-        return local_path(handle.output_uri)
+        recorded = LocalDetails.decode(handle, self.name).job_dir
+        return Path(recorded) if recorded else local_path(handle.output_uri)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

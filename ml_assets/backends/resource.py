@@ -15,7 +15,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, model_validator
 
-from ml_assets.backends.base import Backend
+from ml_assets.backends.base import Backend, Resources
+from ml_assets.backends.remote import RetryPolicy
+from ml_assets.backends.shapes import MachineShape, smallest_fit
 
 
 class UnknownSettings(ValueError):
@@ -56,12 +58,74 @@ class BackendResource(dg.ConfigurableResource):
         raise NotImplementedError
 
 
+class RemoteBackendResource(BackendResource):
+    """The settings every remote backend shares, under the same names everywhere.
+
+    Every call to the service runs under one ``RetryPolicy`` built from ``max_attempts``,
+    ``retry_backoff_seconds`` and ``retry_timeout_seconds``; ``request_timeout_seconds`` bounds
+    one HTTP request. Durations end in ``_seconds`` in every backend's settings.
+    """
+
+    sync_seconds: float = Field(
+        10.0, gt=0, description="How often a running staged job uploads its log and messages."
+    )
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one API call.")
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts per API call (the first included) on throttling, 5xx or "
+        "a lost connection.",
+    )
+    retry_backoff_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="Wait before the second attempt; it doubles each time (30 s at most).",
+    )
+    retry_timeout_seconds: float = Field(
+        120.0, gt=0, description="Longest time one call is retried."
+    )
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.retry_backoff_seconds,
+            timeout_seconds=self.retry_timeout_seconds,
+        )
+
+
+class MachineBackendResource(RemoteBackendResource):
+    """Settings of a remote backend whose jobs run on machines from a table of shapes."""
+
+    machine_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="Machine overrides: 'cpu' or '<gpu_type>:<count>' -> the service's name for "
+        "a machine type (instance or node type).",
+    )
+    default_gpu_type: str = Field("t4", description="GPU type of a job that names none.")
+
+    def machine(
+        self, table: tuple[MachineShape, ...], resources: Resources, where: str
+    ) -> MachineShape:
+        """The smallest shape of ``table`` for ``resources``, overrides first."""
+        return smallest_fit(
+            table,
+            resources,
+            where=where,
+            overrides=self.machine_types,
+            default_gpu_type=self.default_gpu_type,
+        )
+
+
 class LocalBackendResource(BackendResource):
     """Jobs as detached processes on the machine that runs the Dagster step."""
 
     python_executable: str | None = None
-    start_timeout_s: float = 10.0
-    cancel_grace_s: float = 5.0
+    start_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a submitted job may show no runner before it fails."
+    )
+    cancel_grace_seconds: float = Field(
+        5.0, ge=0, description="How long cancel waits after SIGTERM before SIGKILL."
+    )
     pass_env: list[str] = Field(
         default_factory=list,
         description="Variables of the submitting process that jobs get besides the basics "
@@ -73,8 +137,8 @@ class LocalBackendResource(BackendResource):
 
         return LocalBackend(
             python_executable=self.python_executable,
-            start_timeout_s=self.start_timeout_s,
-            cancel_grace_s=self.cancel_grace_s,
+            start_timeout_seconds=self.start_timeout_seconds,
+            cancel_grace_seconds=self.cancel_grace_seconds,
             pass_env=self.pass_env,
         )
 
@@ -103,11 +167,16 @@ class MissingEnvironmentVariable(KeyError):
     """A setting written ``{env: NAME}`` whose variable is not set."""
 
 
+class UnusableEnvironmentVariable(ValueError):
+    """A setting written ``{env: NAME}`` whose value no client could send as it is."""
+
+
 def with_env_values(value: Any, where: str = "") -> Any:
     """Every ``{env: NAME}`` in a YAML value replaced by the variable's value, read now.
 
     Building a backend this way needs no Dagster context; a missing variable is an error that
-    names it and the setting.
+    names it and the setting. Surrounding whitespace is dropped, and a value with a control
+    character left inside is refused, naming the variable and never showing the value.
     """
 
     def read(name: str, setting: str) -> str:
@@ -115,6 +184,15 @@ def with_env_values(value: Any, where: str = "") -> Any:
             raise MissingEnvironmentVariable(
                 f"setting {setting or '<root>'} reads environment variable {name}, which is not set"
             )
-        return os.environ[name]
+        # A secret put in the environment from a file (a mounted Secret, an env file) often
+        # keeps the file's last newline. HTTP clients refuse such a header and quote it whole,
+        # secret and all, in an error that the failed step would then record.
+        value = os.environ[name].strip()
+        if any(char < " " or char == "\x7f" for char in value):
+            raise UnusableEnvironmentVariable(
+                f"setting {setting or '<root>'} reads environment variable {name}, whose value "
+                "holds a control character (a line break, a tab...); the value is not shown"
+            )
+        return value
 
     return _replace_env(value, read, where)

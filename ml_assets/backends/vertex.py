@@ -1,69 +1,45 @@
 """Vertex AI: each training job is one CustomJob, driven through ``google-cloud-aiplatform``.
 
 The job runs in ``spec.image``, else the ``image_uri`` setting (Vertex has no working-directory
-field: ``spec.working_dir`` is ignored and the image's WORKDIR applies), with ``spec.env``. A staged
-job runs ``remote.staged_command`` (the image needs ml_assets), which uploads ``job.log``, the Pipes
-``messages.jsonl`` and, on a non-zero exit, ``failure.json``; an unstaged one (``staged=False``)
-runs ``spec.command`` as it is with ``ML_ASSETS_OUTPUT_URI`` = ``output_uri`` and writes there
-itself. The output is the spec's ``output_uri`` (a ``gs://`` URI, used as given: the asset layer
-builds it with ``remote.output_location(storage_root, spec)``), which also becomes the CustomJob's
-``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient`` over its REST transport,
-so ``api_endpoint`` and ``url_scheme`` can point it at any host.
+field: ``spec.working_dir`` is ignored), with ``spec.env`` and the staged command of ``remote``
+(or, unstaged, ``spec.command`` as it is). Its output is the spec's ``output_uri`` (``gs://``),
+also the CustomJob's ``base_output_directory``. The client is the v1 GAPIC ``JobServiceClient``
+over REST, so ``api_endpoint`` and ``url_scheme`` can point it at any host. Credentials:
+Application Default Credentials, unless ``anonymous_credentials`` is set (emulators and fakes).
 
-Credentials: Application Default Credentials, unless ``anonymous_credentials`` is set (for an
-emulator or a loopback fake; never for Google's own endpoint). GCS is reached the same way as
-``ml_assets.transport`` does: ADC, or anonymously when ``STORAGE_EMULATOR_HOST`` is set.
+Machine shapes: ``shapes.smallest_fit`` over ``MACHINE_SHAPES`` (every machine type with every
+accelerator count Vertex allows on it), then ``accelerator_type`` from ``ACCELERATORS`` (or the
+``accelerator_types`` setting) and ``accelerator_count`` from the chosen shape:
 
-Machine shapes (``MACHINE_SHAPES``, ``GPU_TYPES``): a job gets the first machine type, in the
-order below, with at least the requested vCPUs and memory.
+==============  ===================  ======================================================
+``gpu_type``    accelerator          machine types by GPU count
+==============  ===================  ======================================================
+(no GPU)        -                    n1-standard/n1-highmem 4 ... 96 vCPU
+t4              NVIDIA_TESLA_T4      1, 2: n1 up to 48 vCPU; 4: n1 up to 96 vCPU
+p4              NVIDIA_TESLA_P4      1: n1 up to 24 vCPU; 2: up to 48; 4: up to 96
+v100            NVIDIA_TESLA_V100    1: n1 up to 12 vCPU; 2: 24; 4: 48; 8: 96
+p100            NVIDIA_TESLA_P100    1: n1 up to 16 vCPU; 2: 32; 4: 64
+l4              NVIDIA_L4            1: g2-standard-4/8/12/16/32; 2: g2-standard-24;
+                                     4: g2-standard-48; 8: g2-standard-96
+a100            NVIDIA_TESLA_A100    1, 2, 4, 8: a2-highgpu-<n>g; 16: a2-megagpu-16g
+a100-80gb       NVIDIA_A100_80GB     1, 2, 4, 8: a2-ultragpu-<n>g
+h100-80gb       NVIDIA_H100_80GB     1, 2, 4, 8: a3-highgpu-<n>g
+==============  ===================  ======================================================
 
-====================  ===================  ==================================================
-``gpu_type``          accelerator          machine types by GPU count
-====================  ===================  ==================================================
-(no GPU)              -                    n1-standard/n1-highmem 4 ... 96 vCPU
-nvidia-tesla-t4       NVIDIA_TESLA_T4      1, 2: n1 up to 32 vCPU; 4: n1 up to 96 vCPU
-nvidia-tesla-p4       NVIDIA_TESLA_P4      1: n1 up to 16 vCPU; 2: up to 32; 4: up to 96
-nvidia-tesla-v100     NVIDIA_TESLA_V100    1: n1 up to 8 vCPU; 2: 16; 4: 32; 8: 96
-nvidia-tesla-p100     NVIDIA_TESLA_P100    1: n1 up to 16 vCPU; 2: 32; 4: 64
-nvidia-l4             NVIDIA_L4            1: g2-standard-4/8/12/16/32; 2: g2-standard-24;
-                                           4: g2-standard-48; 8: g2-standard-96
-nvidia-tesla-a100     NVIDIA_TESLA_A100    1, 2, 4, 8: a2-highgpu-<n>g; 16: a2-megagpu-16g
-nvidia-a100-80gb      NVIDIA_A100_80GB     1, 2, 4, 8: a2-ultragpu-<n>g
-nvidia-h100-80gb      NVIDIA_H100_80GB     1, 2, 4, 8: a3-highgpu-<n>g
-====================  ===================  ==================================================
-
-A job with ``gpu_count`` but no ``gpu_type`` gets ``default_gpu_type``. The ``machine_types``
-setting overrides the table: key ``"cpu"`` for CPU-only jobs, ``"<gpu_type>:<count>"`` for GPU
-jobs; ``accelerator_types`` adds GPU types (name -> Vertex ``AcceleratorType``), which then need
-a ``machine_types`` entry per count. Anything else raises ``ValueError`` naming the known types.
-
-Idempotency: CreateCustomJob takes no client-chosen id, so ``submit`` claims the job's output
-location first. Two small objects beside the job's output make it race-free across threads,
-processes and machines:
-
-- ``_vertex_claim.json`` is written create-only (``if_generation_match=0``); one submitter wins,
-  creates the CustomJob and then writes
-- ``_vertex_job.json`` (create-only too): the key, the job's resource name and create time.
-  Every submit returns the job recorded there; losers of the claim wait for it.
-
-A winner whose create fails deletes its claim (if still at its generation) and raises, so the
-next submit of the key tries again at once. A claim older than ``claim_timeout_s`` with no
-record means its winner died before it created or recorded the job: then one waiting submitter
-takes the claim over (a write conditioned on the stale claim's generation, so only one
-succeeds), adopts the job if one with the key's label exists (found by a list call filtered on
-that label) and creates it otherwise. A winner's create gives up after
-``min(retry_timeout_s, claim_timeout_s / 2)``, so only a winner frozen for longer than that
-between claiming and creating could race a takeover. A create that fails in transit (5xx, 429,
-a dropped connection) may still have created the job, so before each retry the backend looks for
-the key's label and adopts what it finds.
+Idempotency: CreateCustomJob takes no client-chosen id. ``find`` reads ``_vertex_job.json``
+beside the job's output (the key, the job's resource name and create time), else lists the jobs
+labelled with the key's hash. ``create`` first claims the output: ``_vertex_claim.json`` is
+written create-only (``if_generation_match=0``), so one submitter wins, creates the CustomJob and
+records it; losers wait for the record. A winner whose create fails deletes its claim (if still
+at its generation) and raises, so the next try starts at once. A claim older than
+``claim_timeout_seconds`` with no record means its winner died: one waiting submitter takes it
+over (a write conditioned on the stale claim's generation), adopts a labelled job if one exists
+and creates it otherwise. Keep ``retry_timeout_seconds`` under half of
+``claim_timeout_seconds``, so a live winner never looks dead.
 
 Poll: one ListCustomJobs per team (paginated by ``page_size``), filtered on the team label and
 on ``create_time`` no older than the oldest handle; GetCustomJob only for a job missing from the
-list. A succeeded job's ``result_uri`` is its ``output_uri`` (its Pipes messages say what it
-produced); a failed one's message is Vertex's error plus the staged ``failure.json``. Cancel:
-CancelCustomJob, skipped for a finished job. Logs: the staged ``job.log`` in GCS
-(``remote.read_log``). List, get and cancel retry 429, 5xx and dropped connections with
-google-api-core's ``Retry``.
+list. Cancel: CancelCustomJob. Logs: the staged ``job.log`` in GCS (Cloud Logging is not read).
 """
 
 from __future__ import annotations
@@ -79,119 +55,82 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ml_assets import transport
 from ml_assets.backends import remote
-from ml_assets.backends.base import JobHandle, JobSpec, JobState, JobStatus, Resources
-from ml_assets.backends.resource import BackendResource
-from ml_assets.tags import (
-    RESOURCE_KEY_LABEL,
-    RESOURCE_MODEL_TAG,
-    RESOURCE_TEAM_TAG,
+from ml_assets.backends.base import HandleDetails, JobHandle, JobSpec, JobState, Resources
+from ml_assets.backends.remote import KeyConflict, NativeJob, RemoteBackend
+from ml_assets.backends.resource import MachineBackendResource
+from ml_assets.backends.shapes import (
+    MachineShape,
+    normalize_gpu_type,
+    requested_gpu_type,
 )
+from ml_assets.tags import RESOURCE_KEY_LABEL, RESOURCE_MODEL_TAG, RESOURCE_TEAM_TAG
 
-# Labels every CustomJob carries; the team label is what poll filters on, the key label what
-# finds the job of one idempotency key.
 MAX_LABELS = 64
-
 CLAIM_FILE = "_vertex_claim.json"
 RECORD_FILE = "_vertex_job.json"
 # How often a submitter that lost the claim looks for the winner's record.
-CLAIM_POLL_S = 0.2
+CLAIM_POLL_SECONDS = 0.2
 
-
-@dataclass(frozen=True)
-class MachineShape:
-    """vCPUs and memory (GB) of one Compute Engine machine type."""
-
-    cpu: int
-    memory_gb: float
-
-
-MACHINE_SHAPES: dict[str, MachineShape] = {
-    **{f"n1-standard-{n}": MachineShape(n, n * 3.75) for n in (4, 8, 16, 32, 64, 96)},
-    **{f"n1-highmem-{n}": MachineShape(n, n * 6.5) for n in (4, 8, 16, 32, 64, 96)},
-    **{f"g2-standard-{n}": MachineShape(n, n * 4.0) for n in (4, 8, 12, 16, 24, 32, 48, 96)},
-    **{f"a2-highgpu-{n}g": MachineShape(12 * n, 85.0 * n) for n in (1, 2, 4, 8)},
-    "a2-megagpu-16g": MachineShape(96, 1360.0),
-    **{f"a2-ultragpu-{n}g": MachineShape(12 * n, 170.0 * n) for n in (1, 2, 4, 8)},
-    **{f"a3-highgpu-{n}g": MachineShape(26 * n, 234.0 * n) for n in (1, 2, 4, 8)},
+_N1 = {f"n1-standard-{n}": (n, n * 3.75) for n in (4, 8, 16, 32, 64, 96)} | {
+    f"n1-highmem-{n}": (n, n * 6.5) for n in (4, 8, 16, 32, 64, 96)
 }
+_G2 = {n: (n, n * 4.0) for n in (4, 8, 12, 16, 24, 32, 48, 96)}
 
-# N1 machine types, cheapest first: the CPU-only choices, and the hosts of the older GPUs.
-_N1 = tuple(
-    f"n1-{family}-{n}" for n in (4, 8, 16, 32, 64, 96) for family in ("standard", "highmem")
+
+def _n1(gpu_type: str | None, counts: dict[int, int]) -> list[MachineShape]:
+    """N1 machines with ``count`` GPUs up to ``counts[count]`` vCPUs (or none, for CPU jobs)."""
+    if gpu_type is None:
+        return [MachineShape(name, cpu, memory) for name, (cpu, memory) in _N1.items()]
+    return [
+        MachineShape(name, cpu, memory, count, gpu_type)
+        for count, most in counts.items()
+        for name, (cpu, memory) in _N1.items()
+        if cpu <= most
+    ]
+
+
+def _sized(gpu_type: str, rows: dict[int, tuple[str, float, float]]) -> list[MachineShape]:
+    return [MachineShape(name, c, m, count, gpu_type) for count, (name, c, m) in rows.items()]
+
+
+MACHINE_SHAPES: tuple[MachineShape, ...] = (
+    *_n1(None, {}),
+    *_n1("t4", {1: 48, 2: 48, 4: 96}),
+    *_n1("p4", {1: 24, 2: 48, 4: 96}),
+    *_n1("v100", {1: 12, 2: 24, 4: 48, 8: 96}),
+    *_n1("p100", {1: 16, 2: 32, 4: 64}),
+    *[
+        MachineShape(f"g2-standard-{n}", c, m, 1, "l4")
+        for n, (c, m) in _G2.items()
+        if n in (4, 8, 12, 16, 32)
+    ],
+    *_sized("l4", {g: (f"g2-standard-{n}", *_G2[n]) for g, n in ((2, 24), (4, 48), (8, 96))}),
+    *_sized("a100", {n: (f"a2-highgpu-{n}g", 12 * n, 85.0 * n) for n in (1, 2, 4, 8)}),
+    MachineShape("a2-megagpu-16g", 96, 1360.0, 16, "a100"),
+    *_sized("a100-80gb", {n: (f"a2-ultragpu-{n}g", 12 * n, 170.0 * n) for n in (1, 2, 4, 8)}),
+    *_sized("h100-80gb", {n: (f"a3-highgpu-{n}g", 26 * n, 234.0 * n) for n in (1, 2, 4, 8)}),
 )
 
-
-def _n1_up_to(vcpus: int) -> tuple[str, ...]:
-    return tuple(name for name in _N1 if MACHINE_SHAPES[name].cpu <= vcpus)
-
-
-@dataclass(frozen=True)
-class GpuOffer:
-    """One GPU type on Vertex AI: its ``AcceleratorType`` and the hosts per GPU count."""
-
-    accelerator: str
-    machines: Mapping[int, tuple[str, ...]]
-
-
-GPU_TYPES: dict[str, GpuOffer] = {
-    "nvidia-tesla-t4": GpuOffer(
-        "NVIDIA_TESLA_T4", {1: _n1_up_to(48), 2: _n1_up_to(48), 4: _n1_up_to(96)}
-    ),
-    "nvidia-tesla-p4": GpuOffer(
-        "NVIDIA_TESLA_P4", {1: _n1_up_to(24), 2: _n1_up_to(48), 4: _n1_up_to(96)}
-    ),
-    "nvidia-tesla-v100": GpuOffer(
-        "NVIDIA_TESLA_V100",
-        {1: _n1_up_to(12), 2: _n1_up_to(24), 4: _n1_up_to(48), 8: _n1_up_to(96)},
-    ),
-    "nvidia-tesla-p100": GpuOffer(
-        "NVIDIA_TESLA_P100", {1: _n1_up_to(16), 2: _n1_up_to(32), 4: _n1_up_to(64)}
-    ),
-    "nvidia-l4": GpuOffer(
-        "NVIDIA_L4",
-        {
-            1: tuple(f"g2-standard-{n}" for n in (4, 8, 12, 16, 32)),
-            2: ("g2-standard-24",),
-            4: ("g2-standard-48",),
-            8: ("g2-standard-96",),
-        },
-    ),
-    "nvidia-tesla-a100": GpuOffer(
-        "NVIDIA_TESLA_A100",
-        {**{n: (f"a2-highgpu-{n}g",) for n in (1, 2, 4, 8)}, 16: ("a2-megagpu-16g",)},
-    ),
-    "nvidia-a100-80gb": GpuOffer(
-        "NVIDIA_A100_80GB", {n: (f"a2-ultragpu-{n}g",) for n in (1, 2, 4, 8)}
-    ),
-    "nvidia-h100-80gb": GpuOffer(
-        "NVIDIA_H100_80GB", {n: (f"a3-highgpu-{n}g",) for n in (1, 2, 4, 8)}
-    ),
+ACCELERATORS: dict[str, str] = {
+    "t4": "NVIDIA_TESLA_T4",
+    "p4": "NVIDIA_TESLA_P4",
+    "v100": "NVIDIA_TESLA_V100",
+    "p100": "NVIDIA_TESLA_P100",
+    "l4": "NVIDIA_L4",
+    "a100": "NVIDIA_TESLA_A100",
+    "a100-80gb": "NVIDIA_A100_80GB",
+    "h100-80gb": "NVIDIA_H100_80GB",
 }
-
-# Vertex AI JobState names -> ours. CANCELLING is still in flight: the job holds its machines.
-_STATES: dict[str, JobState] = {
-    "JOB_STATE_UNSPECIFIED": JobState.QUEUED,
-    "JOB_STATE_QUEUED": JobState.QUEUED,
-    "JOB_STATE_PENDING": JobState.QUEUED,
-    "JOB_STATE_PAUSED": JobState.QUEUED,
-    "JOB_STATE_RUNNING": JobState.RUNNING,
-    "JOB_STATE_UPDATING": JobState.RUNNING,
-    "JOB_STATE_CANCELLING": JobState.RUNNING,
-    "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
-    "JOB_STATE_FAILED": JobState.FAILED,
-    "JOB_STATE_EXPIRED": JobState.FAILED,
-    "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
-    "JOB_STATE_CANCELLED": JobState.CANCELLED,
-}
+"""GPU short name -> Vertex AI ``AcceleratorType``."""
 
 
-class VertexBackendResource(BackendResource):
+class VertexBackendResource(MachineBackendResource):
     """Settings of the Vertex AI backend (a team YAML's ``backends: {vertex: {...}}``)."""
 
     project: str = Field(description="Google Cloud project that owns the CustomJobs.")
@@ -205,33 +144,28 @@ class VertexBackendResource(BackendResource):
     api_endpoint: str | None = Field(
         None, description="host[:port] of the API; default <location>-aiplatform.googleapis.com."
     )
-    url_scheme: str = Field("https", description="'https', or 'http' for a local fake.")
+    url_scheme: Literal["https", "http"] = Field(
+        "https", description="'https', or 'http' for a local fake."
+    )
     anonymous_credentials: bool = Field(
         False, description="Send no credentials (emulators and fakes); else ADC is used."
     )
     service_account: str | None = Field(None, description="Service account the job runs as.")
-    machine_types: dict[str, str] = Field(
-        default_factory=dict,
-        description="Machine type overrides: 'cpu' or '<gpu_type>:<count>' -> machine type.",
-    )
     accelerator_types: dict[str, str] = Field(
         default_factory=dict,
         description="Extra GPU types: gpu_type -> Vertex AcceleratorType (e.g. NVIDIA_B200).",
     )
-    default_gpu_type: str = Field(
-        "nvidia-tesla-t4", description="GPU type of a job that asks for GPUs but names none."
-    )
-    sync_seconds: float = Field(
-        10.0, gt=0, description="How often a running staged job uploads its log and messages."
-    )
     page_size: int = Field(100, gt=0, description="Jobs per ListCustomJobs page in poll.")
-    claim_timeout_s: float = Field(
+    claim_timeout_seconds: float = Field(
         300.0, gt=0, description="Age after which an unrecorded submit claim counts as dead."
     )
-    retry_timeout_s: float = Field(
-        30.0, gt=0, description="How long a call is retried on 429, 5xx or a lost connection."
-    )
-    request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one HTTP request.")
+
+    @field_validator("storage_root")
+    @classmethod
+    def _gs_root(cls, value: str) -> str:
+        if transport.scheme_of(value) != "gs":
+            raise ValueError(f"storage_root must be a gs:// URI, got {value!r}")
+        return value
 
     def get_backend(self) -> VertexBackend:
         return VertexBackend(self)
@@ -252,8 +186,7 @@ def label_key(text: str) -> str:
 
 
 def key_label(idempotency_key: str) -> str:
-    """The value of ``RESOURCE_KEY_LABEL``: a hash of the idempotency key, which is not
-    label-safe."""
+    """The value of ``RESOURCE_KEY_LABEL``: a hash of the idempotency key (not label-safe)."""
     return hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
 
 
@@ -272,60 +205,30 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     return labels
 
 
-def _fit(candidates: tuple[str, ...], resources: Resources, what: str) -> str:
-    for name in candidates:
-        shape = MACHINE_SHAPES[name]
-        if shape.cpu >= resources.cpu and shape.memory_gb >= resources.memory_gb:
-            return name
-    largest = MACHINE_SHAPES[candidates[-1]]
-    raise ValueError(
-        f"no Vertex AI machine for {what} has {resources.cpu:g} vCPUs and "
-        f"{resources.memory_gb:g} GB; the largest is {candidates[-1]} ({largest.cpu} vCPUs, "
-        f"{largest.memory_gb:g} GB)"
-    )
-
-
-def _gpu_machine(gpu_type: str, offer: GpuOffer | None, resources: Resources) -> str:
-    count = resources.gpu_count
-    if offer is None:
-        raise ValueError(
-            f"no machine type known for {count} x {gpu_type}; set machine_types "
-            f"'{gpu_type}:{count}' in the vertex backend settings"
-        )
-    if count not in offer.machines:
-        counts = ", ".join(str(n) for n in sorted(offer.machines))
-        raise ValueError(
-            f"Vertex AI offers {gpu_type} in counts of {counts} per machine, not {count}"
-        )
-    return _fit(offer.machines[count], resources, f"{count} x {gpu_type}")
-
-
 def machine_spec(resources: Resources, settings: VertexBackendResource) -> dict[str, Any]:
     """The CustomJob ``machine_spec`` for ``resources`` (see the module docstring's table)."""
-    count = resources.gpu_count
-    if count == 0:
-        machine = settings.machine_types.get("cpu") or _fit(_N1, resources, "a CPU-only job")
-        return {"machine_type": machine}
-    gpu_type = resources.gpu_type or settings.default_gpu_type
-    offer = GPU_TYPES.get(gpu_type)
-    accelerator = settings.accelerator_types.get(gpu_type) or (offer and offer.accelerator)
-    if not accelerator:
-        known = ", ".join(sorted({*GPU_TYPES, *settings.accelerator_types}))
+    gpu_type = requested_gpu_type(resources, settings.default_gpu_type)
+    accelerators = ACCELERATORS | {
+        normalize_gpu_type(name): kind for name, kind in settings.accelerator_types.items()
+    }
+    if gpu_type is not None and gpu_type not in accelerators:
         raise ValueError(
-            f"unknown GPU type {gpu_type!r} for Vertex AI; known types: {known} "
-            f"(add one with the accelerator_types and machine_types settings)"
+            f"unknown GPU type {resources.gpu_type!r} for Vertex AI; known types: "
+            f"{', '.join(sorted(accelerators))} (add one with the accelerator_types and "
+            "machine_types settings)"
         )
-    machine = settings.machine_types.get(f"{gpu_type}:{count}") or _gpu_machine(
-        gpu_type, offer, resources
-    )
-    return {"machine_type": machine, "accelerator_type": accelerator, "accelerator_count": count}
+    shape = settings.machine(MACHINE_SHAPES, resources, "Vertex AI")
+    if gpu_type is None:
+        return {"machine_type": shape.name}
+    return {
+        "machine_type": shape.name,
+        "accelerator_type": accelerators[gpu_type],
+        "accelerator_count": shape.gpu_count,
+    }
 
 
 def build_custom_job(spec: JobSpec, settings: VertexBackendResource) -> dict[str, Any]:
-    """The CustomJob for ``spec`` as a proto3 JSON mapping (proto field names).
-
-    Pure: no network and no SDK, so it can be checked field by field.
-    """
+    """The CustomJob for ``spec`` as a proto3 JSON mapping (proto field names); no network."""
     env = remote.container_env(spec)
     job_spec: dict[str, Any] = {
         "worker_pool_specs": [
@@ -423,7 +326,7 @@ class _GcsCells:
             self._blob(uri).delete(if_generation_match=generation)
 
 
-class OutputLocationConflict(RuntimeError):
+class OutputLocationConflict(KeyConflict):
     """The output location of a submission already belongs to another idempotency key."""
 
 
@@ -434,47 +337,47 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _transient_errors() -> tuple[type[Exception], ...]:
-    """Errors worth retrying: throttling, server errors and connections lost in transit."""
-    import requests
-    from google.api_core import exceptions
+class VertexDetails(HandleDetails):
+    """A CustomJob's handle details: its resource name and create time (RFC 3339)."""
 
-    return (
-        exceptions.TooManyRequests,
-        exceptions.InternalServerError,
-        exceptions.BadGateway,
-        exceptions.ServiceUnavailable,
-        exceptions.GatewayTimeout,
-        requests.exceptions.ConnectionError,
-        requests.exceptions.ChunkedEncodingError,
-    )
+    resource_name: str
+    create_time: str
 
 
-class VertexBackend:
+class VertexBackend(RemoteBackend[VertexDetails]):
     """Runs each training job as a Vertex AI CustomJob; see the module docstring.
 
     ``job_client`` (a ``JobServiceClient``) and ``storage_client`` (a ``storage.Client``) may be
     injected; by default they are built from ``settings`` on first use.
     """
 
-    name: str = "vertex"
+    name = "vertex"
+    service = "Vertex AI"
+    details_type = VertexDetails
+    # CANCELLING is still in flight: the job holds its machines.
+    states: ClassVar[Mapping[str, JobState]] = {
+        "JOB_STATE_UNSPECIFIED": JobState.QUEUED,
+        "JOB_STATE_QUEUED": JobState.QUEUED,
+        "JOB_STATE_PENDING": JobState.QUEUED,
+        "JOB_STATE_PAUSED": JobState.QUEUED,
+        "JOB_STATE_RUNNING": JobState.RUNNING,
+        "JOB_STATE_UPDATING": JobState.RUNNING,
+        "JOB_STATE_CANCELLING": JobState.RUNNING,
+        "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
+        "JOB_STATE_FAILED": JobState.FAILED,
+        "JOB_STATE_EXPIRED": JobState.FAILED,
+        "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
+        "JOB_STATE_CANCELLED": JobState.CANCELLED,
+    }
 
     def __init__(
-        self,
-        settings: VertexBackendResource,
-        job_client: Any = None,
-        storage_client: Any = None,
+        self, settings: VertexBackendResource, job_client: Any = None, storage_client: Any = None
     ) -> None:
-        if settings.url_scheme not in ("https", "http"):
-            raise ValueError(f"url_scheme must be 'https' or 'http', got {settings.url_scheme!r}")
-        if transport.scheme_of(settings.storage_root) != "gs":
-            raise ValueError(f"storage_root must be a gs:// URI, got {settings.storage_root!r}")
+        super().__init__(settings.retry_policy())
         self.settings = settings
         self.parent = f"projects/{settings.project}/locations/{settings.location}"
         self._injected_jobs = job_client
         self._injected_storage = storage_client
-
-    # -- clients --------------------------------------------------------------------------------
 
     @cached_property
     def _jobs(self) -> Any:
@@ -486,11 +389,9 @@ class VertexBackend:
         settings = self.settings
         host = settings.api_endpoint or f"{settings.location}-aiplatform.googleapis.com"
         credentials = AnonymousCredentials() if settings.anonymous_credentials else None
-        transport_class = JobServiceClient.get_transport_class("rest")
+        rest = JobServiceClient.get_transport_class("rest")
         return JobServiceClient(
-            transport=transport_class(
-                host=host, credentials=credentials, url_scheme=settings.url_scheme
-            )
+            transport=rest(host=host, credentials=credentials, url_scheme=settings.url_scheme)
         )
 
     @cached_property
@@ -502,60 +403,103 @@ class VertexBackend:
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(
-                project=self.settings.project, credentials=AnonymousCredentials()
+            return _GcsCells(
+                storage.Client(project=self.settings.project, credentials=AnonymousCredentials())
             )
-        else:
-            client = storage.Client(project=self.settings.project)
-        return _GcsCells(client)
-
-    @cached_property
-    def _retry(self) -> Any:
-        from google.api_core.retry import Retry, if_exception_type
-
-        return Retry(
-            predicate=if_exception_type(*_transient_errors()),
-            initial=0.1,
-            maximum=5.0,
-            multiplier=2.0,
-            timeout=self.settings.retry_timeout_s,
-        )
+        return _GcsCells(storage.Client(project=self.settings.project))
 
     def _call(self, method: str, **request: Any) -> Any:
-        """One JobService call with the transient-error retry and the request timeout."""
+        """One JobService call, without the client's own retries (the policy's apply)."""
         return getattr(self._jobs, method)(
-            request=request, retry=self._retry, timeout=self.settings.request_timeout_s
+            request=request, retry=None, timeout=self.settings.request_timeout_seconds
+        )
+
+    def is_transient(self, error: Exception) -> bool:
+        import requests
+        from google.api_core import exceptions
+
+        return isinstance(
+            error,
+            exceptions.TooManyRequests
+            | exceptions.InternalServerError
+            | exceptions.BadGateway
+            | exceptions.ServiceUnavailable
+            | exceptions.GatewayTimeout
+            | requests.exceptions.ConnectionError
+            | requests.exceptions.ChunkedEncodingError,
         )
 
     # -- submit ---------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> JobHandle:
-        """Create the CustomJob of ``spec`` unless its key already has one; return its handle.
+    def prepare(self, spec: JobSpec) -> dict[str, Any]:
+        return build_custom_job(spec, self.settings)
 
-        Idempotent across calls, backend objects, processes and machines through the claim and
-        record objects beside the job's output (see the module docstring). Raises
-        ``OutputLocationConflict`` if the output location belongs to another key.
-        """
-        body = build_custom_job(spec, self.settings)  # bad resources fail before any write
-        handle = self._recorded(spec)
-        if handle is not None:
-            return handle
-        claim = {"idempotency_key": spec.idempotency_key, "token": uuid.uuid4().hex}
-        generation = self._claim(spec, claim)
-        if generation is not None:
-            return self._start(spec, body, generation, adopt=False)
-        return self._wait_for_winner(spec, body, claim)
-
-    def _recorded(self, spec: JobSpec) -> JobHandle | None:
+    def find(self, spec: JobSpec) -> VertexDetails | None:
+        """The recorded job of the spec's key, else the earliest job labelled with it."""
         record = self._cells.read(transport.join(spec.output_uri, RECORD_FILE))
-        if record is None:
-            return None
-        self._check_key(spec, record, RECORD_FILE)
-        return self._handle(spec, record)
+        if record is not None:
+            self._check_key(spec, record, RECORD_FILE)
+            return VertexDetails(
+                resource_name=record["resource_name"], create_time=record["create_time"]
+            )
+        job = self._labelled(spec)
+        return None if job is None else self._record(spec, job)
 
-    def _claim(self, spec: JobSpec, claim: dict[str, Any], if_generation: int = 0) -> int | None:
+    def create(self, spec: JobSpec, request: dict[str, Any]) -> VertexDetails:
+        """Claim the output, create the job and record it; or wait for the claim's winner."""
+        claim = {"idempotency_key": spec.idempotency_key, "token": uuid.uuid4().hex}
+        claim_uri = transport.join(spec.output_uri, CLAIM_FILE)
+        generation = self._claim(claim_uri, claim)
+        while generation is None:
+            recorded = self.call(self.find, spec)
+            if recorded is not None:
+                return recorded
+            stored = self._cells.stat(claim_uri)
+            if stored is not None:
+                self._check_key(spec, stored.document, CLAIM_FILE)
+                if stored.age_s <= self.settings.claim_timeout_seconds:
+                    time.sleep(CLAIM_POLL_SECONDS)
+                    continue
+            # No claim (its winner gave up) or a stale one (its winner died): take it.
+            generation = self._claim(claim_uri, claim, stored.generation if stored else 0)
+        return self._start(spec, request, claim_uri, generation)
+
+    def _start(
+        self, spec: JobSpec, request: dict[str, Any], claim_uri: str, generation: int
+    ) -> VertexDetails:
+        """Create the job (or adopt the one a dead winner made) and record it."""
+        from google.cloud.aiplatform_v1 import CustomJob
+
+        try:
+            job = self._labelled(spec) or self._jobs.create_custom_job(
+                parent=self.parent,
+                custom_job=CustomJob.from_json(json.dumps(request)),
+                retry=None,
+                timeout=self.settings.request_timeout_seconds,
+            )
+        except BaseException:
+            # No job came of this claim: free it, so the next try of the key starts at once.
+            self._cells.delete(claim_uri, generation)
+            raise
+        return self._record(spec, job)
+
+    def _record(self, spec: JobSpec, job: Any) -> VertexDetails:
+        """Record ``job`` beside its output (create-only); the record already there wins."""
+        details = VertexDetails(resource_name=job.name, create_time=_rfc3339(job.create_time))
+        record = {"idempotency_key": spec.idempotency_key, **details.encode()}
+        uri = transport.join(spec.output_uri, RECORD_FILE)
+        if self._cells.write(uri, record) is not None:
+            return details
+        recorded = self._cells.read(uri)
+        if recorded is None:
+            raise RuntimeError(f"the record of job {job.name} vanished while it was written")
+        self._check_key(spec, recorded, RECORD_FILE)
+        return VertexDetails(
+            resource_name=recorded["resource_name"], create_time=recorded["create_time"]
+        )
+
+    def _claim(self, uri: str, claim: dict[str, Any], if_generation: int = 0) -> int | None:
         """The generation of ``claim`` once written over ``if_generation``; ``None`` if lost."""
-        uri = transport.join(spec.output_uri, CLAIM_FILE)
         generation = self._cells.write(uri, claim, if_generation)
         if generation is not None:
             return generation
@@ -565,76 +509,7 @@ class VertexBackend:
             return current.generation
         return None
 
-    def _wait_for_winner(
-        self, spec: JobSpec, body: dict[str, Any], claim: dict[str, Any]
-    ) -> JobHandle:
-        """Wait for the claim's winner to record its job; take a claim over once it is stale."""
-        claim_uri = transport.join(spec.output_uri, CLAIM_FILE)
-        while True:
-            handle = self._recorded(spec)
-            if handle is not None:
-                return handle
-            stored = self._cells.stat(claim_uri)
-            if stored is not None:
-                self._check_key(spec, stored.document, CLAIM_FILE)
-                if stored.age_s <= self.settings.claim_timeout_s:
-                    time.sleep(CLAIM_POLL_S)
-                    continue
-            # No claim (its winner gave up) or a stale one (its winner died): take it.
-            generation = self._claim(spec, claim, stored.generation if stored else 0)
-            if generation is not None:
-                return self._start(spec, body, generation, adopt=True)
-
-    def _start(
-        self, spec: JobSpec, body: dict[str, Any], claim_generation: int, adopt: bool
-    ) -> JobHandle:
-        """Create (or, after a takeover, adopt) the job and record it beside its output."""
-        job = self._find(spec) if adopt else None
-        if job is None:
-            try:
-                job = self._create(spec, body)
-            except BaseException:
-                # No job came of this claim: free it so the next submit of the key tries at once.
-                self._cells.delete(transport.join(spec.output_uri, CLAIM_FILE), claim_generation)
-                raise
-        record = {
-            "idempotency_key": spec.idempotency_key,
-            "resource_name": job.name,
-            "create_time": _rfc3339(job.create_time),
-        }
-        if self._cells.write(transport.join(spec.output_uri, RECORD_FILE), record):
-            return self._handle(spec, record)
-        handle = self._recorded(spec)
-        if handle is None:
-            raise RuntimeError(f"the record of job {job.name} vanished while it was written")
-        return handle
-
-    def _create(self, spec: JobSpec, body: dict[str, Any]) -> Any:
-        """CreateCustomJob, retried; before each retry, adopt a job the failed try created."""
-        from google.cloud.aiplatform_v1 import CustomJob
-
-        custom_job = CustomJob.from_json(json.dumps(body))
-        settings = self.settings
-        deadline = time.monotonic() + min(settings.retry_timeout_s, settings.claim_timeout_s / 2)
-        delay = 0.1
-        while True:
-            try:
-                return self._jobs.create_custom_job(
-                    parent=self.parent,
-                    custom_job=custom_job,
-                    retry=None,
-                    timeout=settings.request_timeout_s,
-                )
-            except _transient_errors():
-                found = self._find(spec)
-                if found is not None:
-                    return found
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _find(self, spec: JobSpec) -> Any:
+    def _labelled(self, spec: JobSpec) -> Any:
         """The earliest CustomJob labelled with the spec's key, or ``None``."""
         query = (
             f'labels.{RESOURCE_TEAM_TAG}="{label_value(spec.team)}" AND '
@@ -651,31 +526,17 @@ class VertexBackend:
                 f"{document.get('idempotency_key')!r}; use a fresh output_uri"
             )
 
-    def _handle(self, spec: JobSpec, record: dict[str, Any]) -> JobHandle:
-        return JobHandle.for_spec(
-            self.name,
-            spec,
-            {
-                "resource_name": record["resource_name"],
-                "create_time": record["create_time"],
-            },
-        )
+    # -- poll, cancel ---------------------------------------------------------------------------
 
-    # -- poll -----------------------------------------------------------------------------------
-
-    def poll(self, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        """Statuses keyed by job id: one paginated ListCustomJobs per team, no call per job.
-
-        The list is filtered on the team label and on ``create_time`` no earlier than the
-        oldest handle's, so a team's finished history does not grow the poll. A job missing
-        from the list (deleted, or a handle from another team label) is fetched on its own.
-        """
+    def list_jobs(self, jobs: remote.Listed[VertexDetails]) -> dict[str, NativeJob]:
+        """One paginated ListCustomJobs per team, since the oldest handle's create time."""
         oldest: dict[str, datetime] = {}
-        for handle in handles:
-            team = label_value(handle.team)
-            created = datetime.fromisoformat(self._detail(handle, "create_time"))
+        ids: dict[str, str] = {}
+        for handle, details in jobs:
+            team, created = label_value(handle.team), datetime.fromisoformat(details.create_time)
             oldest[team] = min(created, oldest.get(team, created))
-        listed: dict[str, Any] = {}
+            ids[details.resource_name] = handle.job_id
+        found: dict[str, NativeJob] = {}
         for team, since in oldest.items():
             query = f'labels.{RESOURCE_TEAM_TAG}="{team}" AND create_time>="{_rfc3339(since)}"'
             for job in self._call(
@@ -684,71 +545,25 @@ class VertexBackend:
                 filter=query,
                 page_size=self.settings.page_size,
             ):
-                listed[job.name] = job
-        statuses = {}
-        for handle in handles:
-            name = self._detail(handle, "resource_name")
-            job = listed[name] if name in listed else self._get(name)
-            statuses[handle.job_id] = self._status(handle, job)
-        return statuses
+                if job.name in ids:
+                    found[ids[job.name]] = self._native(job)
+        return found
 
-    def _status(self, handle: JobHandle, job: Any) -> JobStatus:
-        if job is None:
-            return JobStatus(
-                job_id=handle.job_id,
-                state=JobState.FAILED,
-                message=f"Vertex AI has no job {self._detail(handle, 'resource_name')} (deleted?)",
-            )
-        vertex_state = job.state.name
-        state = _STATES.get(vertex_state, JobState.QUEUED)
-        if state == JobState.FAILED:
-            message = job.error.message or f"Vertex AI reports {vertex_state}"
-            return remote.finished_status(handle.job_id, state, handle.output_uri, message)
-        if state == JobState.SUCCEEDED:
-            return remote.finished_status(handle.job_id, state, handle.output_uri)
-        message = "cancelled" if state == JobState.CANCELLED else vertex_state
-        return JobStatus(job_id=handle.job_id, state=state, message=message)
-
-    def _get(self, name: str) -> Any:
+    def get_job(self, handle: JobHandle, details: VertexDetails) -> NativeJob | None:
         from google.api_core.exceptions import NotFound
 
         try:
-            return self._call("get_custom_job", name=name)
+            return self._native(self._call("get_custom_job", name=details.resource_name))
         except NotFound:
             return None
 
-    def _detail(self, handle: JobHandle, key: str) -> str:
-        if handle.backend != self.name:
-            raise ValueError(
-                f"job {handle.job_id} belongs to backend {handle.backend!r}, not {self.name!r}"
-            )
-        value = handle.details.get(key)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"the handle of job {handle.job_id} has no {key!r} in its details")
-        return value
+    def stop(self, handle: JobHandle, details: VertexDetails) -> None:
+        self._call("cancel_custom_job", name=details.resource_name)
 
-    # -- cancel and logs ------------------------------------------------------------------------
-
-    def cancel(self, handle: JobHandle) -> None:
-        """CancelCustomJob unless the job has ended or is gone; idempotent."""
-        from google.api_core.exceptions import BadRequest, FailedPrecondition, NotFound
-
-        name = self._detail(handle, "resource_name")
-
-        def ended() -> bool:
-            job = self._get(name)
-            return job is None or _STATES.get(job.state.name, JobState.QUEUED).is_terminal
-
-        if ended():
-            return
-        try:
-            self._call("cancel_custom_job", name=name)
-        except (BadRequest, FailedPrecondition, NotFound):
-            # Vertex refuses to cancel a job that ended in the meantime; that is success.
-            if not ended():
-                raise
-
-    def logs(self, handle: JobHandle, tail: int = 100) -> str:
-        """The last ``tail`` lines of the job's staged ``job.log`` (Cloud Logging is not read)."""
-        self._detail(handle, "resource_name")
-        return remote.read_log(handle.output_uri, tail)
+    def _native(self, job: Any) -> NativeJob:
+        state = job.state.name
+        if self.state_of(state) == JobState.FAILED:
+            return NativeJob(state, job.error.message or f"Vertex AI reports {state}")
+        if self.state_of(state) == JobState.SUCCEEDED:
+            return NativeJob(state)
+        return NativeJob(state, "cancelled" if state == "JOB_STATE_CANCELLED" else state)

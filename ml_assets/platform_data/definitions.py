@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ml_assets.platform_data.assets import raw_breast_cancer, raw_card_transactions, raw_digits
+from ml_assets.sensors.admission import build_admission_sensor
 
 defs = dg.Definitions(
     assets=[raw_breast_cancer, raw_card_transactions, raw_digits],
@@ -13,6 +14,8 @@ defs = dg.Definitions(
             default_status=dg.DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=15,
             description="Builds missing raw data on a fresh instance.",
-        )
+        ),
+        # The one writer of GPU admission decisions for every team (see its module).
+        build_admission_sensor(),
     ],
 )

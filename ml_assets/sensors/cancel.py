@@ -24,7 +24,15 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets.assets.common import ModelContext
-from ml_assets.assets.training import SUBMITTED, for_attempt, submission_event, submit
+from ml_assets.assets.training import (
+    QUEUED,
+    SUBMITTED,
+    admission_pool,
+    for_attempt,
+    queue_event,
+    submission_event,
+    submit,
+)
 from ml_assets.backends.base import JobHandle, JobSpec
 from ml_assets.sensors.reconciler import (
     CANCEL_REQUESTED,
@@ -34,7 +42,7 @@ from ml_assets.sensors.reconciler import (
     RETRIED,
     TERMINAL_EVENTS,
 )
-from ml_assets.tags import EVENT_TAG, JOB_ID_TAG, TEAM_TAG
+from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG, TEAM_TAG
 from ml_assets.teams.spec import TeamSpec
 
 PAGE = 1000
@@ -56,12 +64,17 @@ class TrainingJob:
     outcome_at: int = 0
     retry_job_id: str = ""
     cancel_requested: bool = False
+    # Waiting for GPUs in the admission queue, not submitted (its handle is only the would-be
+    # one: the job's name and key).
+    queued: bool = False
 
     @property
     def in_flight(self) -> bool:
         return not self.outcome
 
     def describe(self) -> str:
+        if self.in_flight and self.queued:
+            return f"is queued for GPU, not yet submitted (attempt {self.attempt})"
         if self.in_flight:
             return f"is still in flight (attempt {self.attempt})"
         return {
@@ -91,6 +104,15 @@ def training_jobs(instance: dg.DagsterInstance, model: ModelContext) -> dict[str
         if event is None or not job_id:
             continue
         known = jobs.get(job_id)
+        if kind == QUEUED and (known is None or not known.in_flight):
+            waiting = _queued_job(job_id, event, record.storage_id)
+            if waiting is not None:
+                jobs[job_id] = waiting
+            continue
+        entry = tags.get(ADMISSION_TAG)
+        if kind == SUBMITTED and entry and entry in jobs and jobs[entry].queued:
+            del jobs[entry]  # the queued entry was admitted and is now this submitted job
+            known = jobs.get(job_id)
         if kind == SUBMITTED and (known is None or not known.in_flight):
             try:
                 job: Any = event.metadata["job"].value
@@ -115,6 +137,26 @@ def training_jobs(instance: dg.DagsterInstance, model: ModelContext) -> dict[str
             retry = event.metadata.get("retry_job_id")
             known.retry_job_id = str(retry.value) if retry is not None else ""
     return jobs
+
+
+def _queued_job(job_id: str, event: Any, storage_id: int) -> TrainingJob | None:
+    """A job from its queued record, or None when the record is unreadable."""
+    try:
+        job: Any = event.metadata["job"].value
+        spec = JobSpec.model_validate(job["spec"])
+        return TrainingJob(
+            job_id=job_id,
+            handle=JobHandle.for_spec(spec.backend, spec, {}),
+            spec=spec,
+            run_id=job["run_id"],
+            attempt=job["attempt"],
+            code_version=job.get("code_version", ""),
+            features_storage_id=job.get("features_storage_id"),
+            submitted_at=storage_id,
+            queued=True,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _all(fetch: Any, key: dg.AssetKey) -> Iterator[dg.EventLogRecord]:
@@ -171,6 +213,28 @@ def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
         if not targets:
             context.log.warning(f"{model.name} has no training job in flight to cancel")
         for job in targets:
+            if job.queued:
+                # Never submitted: the reconciler drops it from the queue and records it
+                # cancelled (it alone submits admitted jobs, so the two cannot cross).
+                context.log.info(
+                    f"cancel requested for {job.job_id}, queued for GPU: the "
+                    f"{team.team}_training_reconciler sensor removes it from the queue, and it "
+                    "is never submitted"
+                )
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=model.keys.trained,
+                        description=f"Cancel requested for training job {job.job_id}, queued "
+                        "for GPU: it leaves the queue unsubmitted.",
+                        metadata={"status": CANCEL_REQUESTED, "job_id": job.job_id},
+                        tags={
+                            EVENT_TAG: CANCEL_REQUESTED,
+                            JOB_ID_TAG: job.job_id,
+                            ADMISSION_TAG: job.job_id,
+                        },
+                    )
+                )
+                continue
             team.load_backend(job.handle.backend).cancel(job.handle)
             context.log.info(
                 f"cancel requested for {job.job_id} on {job.handle.backend}; the "
@@ -254,6 +318,25 @@ def build_retry_job(team: TeamSpec) -> dg.JobDefinition:
                 f"{failed.job_id}, but {later[-1].job_id} was submitted since and "
                 f"{later[-1].describe()}; set job_id: {failed.job_id} to retry it anyway."
             )
+        pool = admission_pool(spec)
+        if pool is not None:
+            context.log_event(
+                queue_event(
+                    model,
+                    spec,
+                    pool,
+                    run_id=failed.run_id,
+                    attempt=attempt,
+                    code_version=failed.code_version,
+                    features_storage_id=failed.features_storage_id,
+                )
+            )
+            context.log.info(
+                f"queued {failed.job_id}'s retry as {spec.job_name} (attempt {attempt} of run "
+                f"{failed.run_id}) for GPU in pool {pool}: the platform's admission sensor "
+                f"admits it and the {sensor} sensor then submits it"
+            )
+            return
         handle = submit(team.load_backend(failed.handle.backend), spec)
         context.log.info(
             f"resubmitted {failed.job_id} as {handle.job_id} on {handle.backend} (attempt "

@@ -29,10 +29,14 @@ from pydantic import BaseModel, Field
 from ml_assets import transport
 from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import (
+    ADMITTED,
+    QUEUED,
     SUBMITTED,
     TRAINING_CHECK,
+    admission_pool,
     for_attempt,
     job_extras,
+    queue_event,
     submission_event,
     submit,
 )
@@ -42,7 +46,7 @@ from ml_assets.dagster_private import (
     INPUT_EVENT_POINTER_TAG_PREFIX,
     get_input_data_version_tag,
 )
-from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
+from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec
 from ml_assets.training.messages import (
     JobReport,
@@ -74,6 +78,8 @@ MAX_EVENTS = 400
 MAX_PROGRESS_READS = 200
 # A running job's progress is shown at most this often (a state change always shows).
 PROGRESS_SECONDS = 15.0
+# Ticks in a row an admitted job's submission may fail before it is recorded as failed.
+SUBMIT_ATTEMPTS = 3
 # Errors a job raises that running it again cannot fix: recorded as failed, never retried.
 NOT_RETRYABLE = frozenset(
     {
@@ -116,13 +122,34 @@ class InFlight(BaseModel):
     progress_at: float = 0.0
 
 
+class QueuedJob(BaseModel):
+    """A job waiting for GPUs in the admission queue, by its queue entry (the job's name).
+
+    Its spec stays in its queued record (``record`` is that record's storage id). The platform's
+    admission sensor records ``admitted``; this sensor then submits it, or drops it when a
+    cancel was requested first.
+    """
+
+    model: str
+    record: int = 0
+    run_id: str
+    attempt: int
+    code_version: str = ""
+    features_storage_id: int | None = None
+    admitted: bool = False
+    cancel_requested: bool = False
+    submit_failures: int = 0
+
+
 class ReconcilerCursor(BaseModel):
     """The sensor's cursor: a watermark into the event log plus compact state per job in
-    flight. Both are derivable from the event log alone; the cursor only saves re-reading it.
+    flight or queued. Both are derivable from the event log alone; the cursor only saves
+    re-reading it.
     """
 
     after: int = 0
     inflight: dict[str, InFlight] = Field(default_factory=dict)
+    queued: dict[str, QueuedJob] = Field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> ReconcilerCursor:
@@ -160,6 +187,7 @@ def fold_events(
     late row is still seen.
     """
     inflight = dict(cursor.inflight)
+    queued = dict(cursor.queued)
     after = cursor.after
     settled_before = time.time() - SETTLE_SECONDS
     records: list[dg.EventLogRecord] = []
@@ -173,18 +201,57 @@ def fold_events(
         if settled:
             after = max(after, record.storage_id)
         try:
-            _fold(record, inflight)
+            _fold(record, inflight, queued)
         except (KeyError, TypeError, ValueError) as exc:  # e.g. written by an older release
             logger.warning(f"ignoring unreadable job event {record.storage_id}: {exc!r}")
-    return ReconcilerCursor(after=after, inflight=inflight)
+    return ReconcilerCursor(after=after, inflight=inflight, queued=queued)
 
 
-def _fold(record: dg.EventLogRecord, inflight: dict[str, InFlight]) -> None:
+def _fold_queued(
+    record: dg.EventLogRecord, kind: str, entry: str, queued: dict[str, QueuedJob]
+) -> None:
+    """Apply one admission-queue event. A queued record starts an entry once; ``admitted`` and
+    a cancel request mark it; its submission or a last word ends it. An event about an entry
+    that has ended is ignored, so an ``admitted`` stored after the entry was cancelled submits
+    nothing."""
+    event = record.asset_event
+    if kind == QUEUED and event is not None:
+        known = queued.get(entry)
+        if known is None:
+            job = event.metadata["job"].value
+            if not isinstance(job, dict):
+                raise TypeError(f"queued record of {entry} is not a mapping")
+            queued[entry] = QueuedJob(
+                model=event.asset_key.path[-1],
+                record=record.storage_id,
+                run_id=job["run_id"],
+                attempt=job["attempt"],
+                code_version=job.get("code_version", ""),
+                features_storage_id=job.get("features_storage_id"),
+            )
+        elif not known.record:
+            # A retry this sensor queued itself: now its record's place in the log is known.
+            queued[entry] = known.model_copy(update={"record": record.storage_id})
+    elif entry in queued:
+        if kind == ADMITTED:
+            queued[entry] = queued[entry].model_copy(update={"admitted": True})
+        elif kind == CANCEL_REQUESTED:
+            queued[entry] = queued[entry].model_copy(update={"cancel_requested": True})
+        elif kind == SUBMITTED or kind in TERMINAL_EVENTS:
+            queued.pop(entry)
+
+
+def _fold(
+    record: dg.EventLogRecord, inflight: dict[str, InFlight], queued: dict[str, QueuedJob]
+) -> None:
     event = record.asset_event
     tags = (event.tags if event is not None else None) or {}
     kind, job_id = tags.get(EVENT_TAG), tags.get(JOB_ID_TAG)
     if event is None or not job_id:
         return
+    entry = tags.get(ADMISSION_TAG)
+    if entry:
+        _fold_queued(record, str(kind), entry, queued)
     if kind == SUBMITTED and job_id not in inflight:
         job = event.metadata["job"].value
         if not isinstance(job, dict):
@@ -252,12 +319,14 @@ class Reconciler:
         messages read for progress."""
         cursor = fold_events(instance, self.team, ReconcilerCursor.parse(raw_cursor))
         outcome = TickOutcome(cursor=cursor)
-        if not cursor.inflight:
+        if not cursor.inflight and not cursor.queued:
             return outcome
         self._instance = instance
         self._specs: dict[int, JobSpec] = {}
         statuses = self._poll(cursor.inflight, outcome)
-        cancelled_runs = self._cancelled_runs(instance, cursor.inflight.values())
+        cancelled_runs = (
+            self._cancelled_runs(instance, cursor.inflight.values()) if cursor.inflight else set()
+        )
         ending: list[tuple[InFlight, JobStatus]] = []
         running: list[tuple[InFlight, JobStatus]] = []
         for job_id, job in cursor.inflight.items():
@@ -273,12 +342,13 @@ class Reconciler:
         # Room is kept for one training check per model (see _record_verdicts).
         finishing_budget = max(1, self.max_events - len(self.team.models))
         ending.sort(key=lambda pair: pair[0].submission)
-        self._prefetch_specs([job for job, _ in ending[:finishing_budget]])
+        self._prefetch_specs([(job.model, job.submission) for job, _ in ending[:finishing_budget]])
         for job, status in ending:
             if len(outcome.events) >= finishing_budget:
                 outcome.deferred += 1
                 continue
             self._safely(self._advance, job, status, outcome)
+        self._dispatch_queued(outcome, finishing_budget)
         if outcome.deferred:
             outcome.log.append(
                 f"{outcome.deferred} finished job(s) wait for the next tick "
@@ -330,12 +400,13 @@ class Reconciler:
         except Exception as exc:  # one broken job must not stop the others
             outcome.log.append(f"{job.handle.job_id}: could not be reconciled this tick: {exc!r}")
 
-    def _prefetch_specs(self, jobs: list[InFlight]) -> None:
-        """Read the submission records of ``jobs`` in one query per model, not one per job."""
+    def _prefetch_specs(self, wanted: list[tuple[str, int]]) -> None:
+        """Read the submission (or queued) records ``(model, storage id)`` in one query per
+        model, not one per job."""
         by_model: dict[str, list[int]] = {}
-        for job in jobs:
-            if job.submission and job.model in self.team.models:
-                by_model.setdefault(job.model, []).append(job.submission)
+        for model, storage_id in wanted:
+            if storage_id and model in self.team.models:
+                by_model.setdefault(model, []).append(storage_id)
         for name, ids in by_model.items():
             key = ModelContext(self.team, name).keys.trained
             for start in range(0, len(ids), PAGE):
@@ -351,17 +422,113 @@ class Reconciler:
 
     def _spec(self, job: InFlight) -> JobSpec:
         """The job's full spec, from its submission record in the event log."""
-        if job.submission not in self._specs:
-            key = ModelContext(self.team, job.model).keys.trained
+        return self._record_spec(job.model, job.submission, job.handle.job_id)
+
+    def _record_spec(self, model: str, storage_id: int, job_id: str) -> JobSpec:
+        """The spec in the submission or queued record ``storage_id`` of ``model``."""
+        if storage_id not in self._specs:
+            key = ModelContext(self.team, model).keys.trained
             records = self._instance.fetch_observations(
-                dg.AssetRecordsFilter(asset_key=key, storage_ids=[job.submission]), limit=1
+                dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id]), limit=1
             ).records
             event = records[0].asset_observation if records else None
             if event is None:
-                raise KeyError(f"no submission record {job.submission} for {job.handle.job_id}")
+                raise KeyError(f"no submission record {storage_id} for {job_id}")
             record: Any = event.metadata["job"].value
-            self._specs[job.submission] = JobSpec.model_validate(record["spec"])
-        return self._specs[job.submission]
+            self._specs[storage_id] = JobSpec.model_validate(record["spec"])
+        return self._specs[storage_id]
+
+    def _dispatch_queued(self, outcome: TickOutcome, budget: int) -> None:
+        """Act on queued jobs that the admission sensor admitted (submit them, idempotently by
+        key) or whose cancel was requested (drop them unsubmitted), oldest first, within the
+        tick's budget; the rest wait for the next tick."""
+        due = sorted(
+            (
+                (entry, job)
+                for entry, job in outcome.cursor.queued.items()
+                if job.admitted or job.cancel_requested or job.model not in self.team.models
+            ),
+            key=lambda item: item[1].record,
+        )
+        room = max(0, budget - len(outcome.events))
+        self._prefetch_specs(
+            [(job.model, job.record) for _, job in due[:room] if not job.cancel_requested]
+        )
+        for entry, job in due:
+            if len(outcome.events) >= budget:
+                outcome.deferred += 1
+                continue
+            try:
+                self._dispatch(entry, job, outcome)
+            except Exception as exc:  # one broken entry must not stop the others
+                outcome.log.append(f"{entry}: queued job could not be handled this tick: {exc!r}")
+
+    def _dispatch(self, entry: str, job: QueuedJob, outcome: TickOutcome) -> None:
+        model = ModelContext(self.team, job.model)
+        queued = outcome.cursor.queued
+        if job.model not in self.team.models:
+            description = (
+                f"Queued training job {entry} belongs to model {job.model!r}, which is no longer "
+                f"in {self.team.team}'s team.yaml; it leaves the GPU queue unsubmitted."
+            )
+            outcome.events.append(_queue_observation(model, entry, FAILED, description))
+            queued.pop(entry)
+            outcome.log.append(f"{entry}: {FAILED}: {description}")
+            return
+        if job.cancel_requested:
+            held = " Its admitted GPUs are released." if job.admitted else ""
+            description = (
+                f"Queued training job {entry} was cancelled before it was submitted.{held}"
+            )
+            outcome.events.append(_queue_observation(model, entry, CANCELLED, description))
+            queued.pop(entry)
+            outcome.log.append(f"{entry}: {CANCELLED}: left the GPU queue unsubmitted")
+            return
+        spec = self._record_spec(job.model, job.record, entry)
+        try:
+            handle = submit(self.backend(spec.backend), spec)
+        except Exception as exc:
+            failures = job.submit_failures + 1
+            if failures < SUBMIT_ATTEMPTS:
+                queued[entry] = job.model_copy(update={"submit_failures": failures})
+                outcome.log.append(f"{entry}: admitted, but submitting it failed: {exc!r}")
+                return
+            details = {"message": f"submitting it failed {failures} times: {exc!r}"}
+            description = (
+                f"Admitted training job {entry} could not be submitted ({failures} tries): "
+                f"{exc!r}. Its GPUs are released; {self.team.team}_retry_training queues it again."
+            )
+            outcome.events.append(_queue_observation(model, entry, FAILED, description, details))
+            outcome.verdicts[job.model] = (False, description, details)
+            queued.pop(entry)
+            outcome.log.append(f"{entry}: {FAILED}: {description}")
+            return
+        outcome.events.append(
+            submission_event(
+                model,
+                handle,
+                spec,
+                run_id=job.run_id,
+                attempt=job.attempt,
+                code_version=job.code_version,
+                features_storage_id=job.features_storage_id,
+                admission=entry,
+            )
+        )
+        queued.pop(entry)
+        outcome.cursor.inflight.setdefault(
+            handle.job_id,
+            InFlight(
+                model=job.model,
+                handle=handle,
+                run_id=job.run_id,
+                attempt=job.attempt,
+                staged=spec.staged,
+                code_version=job.code_version,
+                features_storage_id=job.features_storage_id,
+            ),
+        )
+        outcome.log.append(f"{entry}: admitted; submitted as {handle.job_id} on {handle.backend}")
 
     def _poll(self, inflight: dict[str, InFlight], outcome: TickOutcome) -> dict[str, JobStatus]:
         by_backend: dict[str, list[JobHandle]] = {}
@@ -531,6 +698,44 @@ class Reconciler:
             return
         attempt = job.attempt + 1
         spec = for_attempt(self._spec(job), run_id=job.run_id, attempt=attempt)
+        pool = admission_pool(spec)
+        if pool is not None:
+            # A retry waits for its GPUs again, behind other teams' jobs in fair-share order.
+            entry = spec.job_name
+            cursor = outcome.cursor
+            # After a crash between the two records, the replayed tick has folded the retry's
+            # queued record: it is not recorded twice.
+            if entry not in cursor.queued and entry not in cursor.inflight:
+                outcome.events.append(
+                    queue_event(
+                        model,
+                        spec,
+                        pool,
+                        run_id=job.run_id,
+                        attempt=attempt,
+                        code_version=job.code_version,
+                        features_storage_id=job.features_storage_id,
+                    )
+                )
+            self._finish(
+                outcome,
+                model,
+                job,
+                RETRIED,
+                f"{summary}; retrying as {entry}, queued for GPU in pool {pool}. {status.message}",
+                {**details, "retry_job_id": entry},
+            )
+            cursor.queued.setdefault(
+                entry,
+                QueuedJob(
+                    model=job.model,
+                    run_id=job.run_id,
+                    attempt=attempt,
+                    code_version=job.code_version,
+                    features_storage_id=job.features_storage_id,
+                ),
+            )
+            return
         try:
             handle = submit(backend, spec)
         except Exception as exc:
@@ -695,6 +900,22 @@ def _observation(
         description=description,
         metadata={"status": kind, "job_id": job.handle.job_id, **metadata},
         tags={EVENT_TAG: kind, JOB_ID_TAG: job.handle.job_id},
+    )
+
+
+def _queue_observation(
+    model: ModelContext,
+    entry: str,
+    kind: str,
+    description: str,
+    metadata: dict[str, Any] | None = None,
+) -> dg.AssetObservation:
+    """The last word on a queued job that was never submitted; it frees its admission entry."""
+    return dg.AssetObservation(
+        asset_key=model.keys.trained,
+        description=description,
+        metadata={"status": kind, "job_id": entry, **(metadata or {})},
+        tags={EVENT_TAG: kind, JOB_ID_TAG: entry, ADMISSION_TAG: entry},
     )
 
 

@@ -325,7 +325,7 @@ class TeamSpec(_Spec):
     allowed_backends: list[str] = Field(default_factory=lambda: ["local"])
     backends: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Settings per backend, e.g. kubernetes: {namespace: ..., image: ...}; "
+        description="Settings per backend, e.g. kubernetes: {namespace: ..., image_uri: ...}; "
         "a value written {env: NAME} is read from the environment variable NAME.",
     )
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
@@ -597,7 +597,7 @@ class _TeamLoader(yaml.SafeLoader):
             raise _Refused(
                 node.start_mark,
                 self._field(),
-                f"tag {_cut(_short_tag(node.tag), 60)} is not allowed: a team file holds plain "
+                f"tag {_cut(_short_tag(node.tag), 60)} is not allowed: the file holds plain "
                 "data (mappings, lists, strings, numbers, booleans, null)",
             )
         self._check_value(node)
@@ -692,17 +692,18 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
 
 
-def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    """The data of the YAML file ``path`` and its node graph (for line numbers), or a
-    ``TeamSpecError`` that starts with the path and, where there is one, the line."""
+def _read_yaml(path: Path, what: str = "team spec") -> tuple[Any, yaml.Node | None]:
+    """The data of the YAML file ``path`` (a ``what``: the team spec, or the platform policy)
+    and its node graph (for line numbers), or a ``TeamSpecError`` that starts with the path and,
+    where there is one, the line."""
     try:
         with path.open("rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise TeamSpecError(f"{path}: cannot read the team spec: {exc}") from exc
+        raise TeamSpecError(f"{path}: cannot read the {what}: {exc}") from exc
     if len(data) > MAX_FILE_BYTES:
         raise TeamSpecError(
-            f"{path}: the file is larger than a team spec may be ({MAX_FILE_BYTES:,} bytes, "
+            f"{path}: the file is larger than a {what} may be ({MAX_FILE_BYTES:,} bytes, "
             "1 MiB); it is read no further"
         )
     try:

@@ -65,7 +65,7 @@ def local_harness(tmp_path: Path) -> Iterator[BackendHarness]:
         scratch=scratch,
     )
     # Leave no job running behind a test, whatever it did.
-    cleaner = LocalBackend(cancel_grace_s=1.0)
+    cleaner = LocalBackend(cancel_grace_seconds=1.0)
     for handle_file in jobs_root.glob("*/handle.json"):
         cleaner.cancel(JobHandle.from_json(handle_file.read_text()))
 

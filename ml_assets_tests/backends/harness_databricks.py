@@ -18,7 +18,7 @@ from ml_assets.backends.base import JobSpec
 from ml_assets.backends.databricks import DatabricksBackendResource
 
 STORAGE_ROOT = "dbfs:/ml_assets/contract"
-WHEEL = "dbfs:/wheels/ml_assets-0.1.0-py3-none-any.whl"
+WHEEL = "/Volumes/main/ml_assets/wheels/ml_assets-0.1.0-py3-none-any.whl"
 
 
 def databricks_spec(command: list[str], key: str, team: str = "contract") -> JobSpec:

@@ -20,11 +20,11 @@ from ml_assets import transport
 from ml_assets.backends import load_backend, remote
 from ml_assets.backends.base import JobSpec, JobState, Resources
 from ml_assets.backends.databricks import (
+    NODE_TYPES,
     DatabricksBackend,
     DatabricksBackendResource,
     build_submit_request,
     idempotency_token,
-    node_type_for,
 )
 from ml_assets_tests.backends.harness_databricks import (
     STORAGE_ROOT,
@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = DatabricksBackendResource(storage_root=STORAGE_ROOT, wheel="dbfs:/wheels/ml.whl")
+SETTINGS = DatabricksBackendResource(
+    storage_root=STORAGE_ROOT, wheel="/Volumes/main/ml/wheels/ml_assets-0.1-py3-none-any.whl"
+)
 
 
 def spec_with(resources: Resources | None = None, **fields: object) -> JobSpec:
@@ -66,7 +68,7 @@ def test_cpu_job_request_runs_the_staged_command_on_a_single_node_cluster() -> N
         "parameters": remote.staged_command(spec, SETTINGS.sync_seconds)[3:],
     }
     assert task["python_wheel_task"]["parameters"][:2] == ["--output-uri", spec.output_uri]
-    assert task["libraries"] == [{"whl": "dbfs:/wheels/ml.whl"}]
+    assert task["libraries"] == [{"whl": "/Volumes/main/ml/wheels/ml_assets-0.1-py3-none-any.whl"}]
     cluster = task["new_cluster"]
     assert cluster["spark_version"] == "15.4.x-cpu-ml-scala2.12"
     assert cluster["node_type_id"] == "m5.xlarge"
@@ -86,7 +88,7 @@ def test_cpu_job_request_runs_the_staged_command_on_a_single_node_cluster() -> N
 def test_the_sdk_carries_every_field_of_the_task() -> None:
     from databricks.sdk.service.jobs import SubmitTask
 
-    settings = SETTINGS.model_copy(update={"run_timeout_s": 3600})
+    settings = SETTINGS.model_copy(update={"max_runtime_seconds": 3600})
     request = build_submit_request(spec_with(Resources(gpu_count=1)), settings)
 
     assert request["timeout_seconds"] == 3600
@@ -167,6 +169,38 @@ def test_no_wheel_setting_means_no_library() -> None:
 
 
 @pytest.mark.parametrize(
+    "wheel",
+    [
+        "/Volumes/main/ml_assets/wheels/ml_assets-1.4-py3-none-any.whl",
+        "/Workspace/Shared/wheels/ml_assets-1.4-py3-none-any.whl",
+        "s3://acme-wheels/ml_assets-1.4-py3-none-any.whl",
+    ],
+)
+def test_a_wheel_in_a_volume_the_workspace_or_cloud_storage_is_taken(wheel: str) -> None:
+    settings = DatabricksBackendResource(wheel=wheel)
+    assert build_submit_request(spec_with(), settings)["tasks"][0]["libraries"] == [{"whl": wheel}]
+
+
+@pytest.mark.parametrize(
+    "wheel",
+    [
+        "dbfs:/wheels/ml_assets-1.4-py3-none-any.whl",
+        "/Volumes/main/ml_assets/ml_assets-1.4-py3-none-any.whl",  # no volume
+        "/Volumes/main/ml_assets/wheels/ml_assets-1.4.tar.gz",
+    ],
+)
+def test_a_dbfs_root_wheel_is_refused_when_the_settings_load(wheel: str) -> None:
+    with pytest.raises(ValidationError, match="disabled by default from Databricks Runtime 15"):
+        load_backend("databricks", {"wheel": wheel})
+
+
+def test_the_default_wheel_is_a_unity_catalog_volume_path() -> None:
+    wheel = DatabricksBackendResource().wheel
+    assert wheel is not None and wheel.startswith("/Volumes/") and wheel.endswith(".whl")
+    assert len(wheel.split("/")) >= 6  # /Volumes/<catalog>/<schema>/<volume>/<file>
+
+
+@pytest.mark.parametrize(
     ("resources", "node_type"),
     [
         (Resources(), "m5.xlarge"),
@@ -198,6 +232,11 @@ def test_node_type_table(resources: Resources, node_type: str) -> None:
 def test_unknown_gpu_type_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown GPU type 'nvidia-b200'.*a10g.*t4"):
         build_submit_request(spec_with(Resources(gpu_count=1, gpu_type="nvidia-b200")), SETTINGS)
+
+
+def node_type_for(resources: Resources, overrides: dict[str, str] | None = None) -> str:
+    settings = DatabricksBackendResource(machine_types=overrides or {})
+    return settings.machine(NODE_TYPES, resources, "Databricks").name
 
 
 def test_requests_beyond_every_node_are_refused() -> None:
@@ -385,8 +424,8 @@ def test_yaml_settings_build_the_backend_with_the_token_from_env(
         "host": fake.url,
         "token": {"env": "TEAM_DATABRICKS_TOKEN"},
         "storage_root": STORAGE_ROOT,
-        "wheel": "dbfs:/wheels/ml_assets-0.1.0-py3-none-any.whl",
-        "node_types": {"nvidia-tesla-t4:1": "g4dn.2xlarge"},
+        "wheel": "/Volumes/main/ml_assets/wheels/ml_assets-0.1.0-py3-none-any.whl",
+        "machine_types": {"nvidia-tesla-t4:1": "g4dn.2xlarge"},
         "page_size": 10,
     }
     monkeypatch.setenv("TEAM_DATABRICKS_TOKEN", fake.token)

@@ -42,8 +42,8 @@ from ml_assets.backends.kubernetes import (
     KubernetesBackendResource,
     build_job_body,
     cpu_quantity,
-    listed_job,
     memory_quantity,
+    native_job,
 )
 from ml_assets.tags import (
     KUBERNETES_KEY_ANNOTATION,
@@ -66,7 +66,7 @@ def settings(**overrides: Any) -> KubernetesBackendResource:
     values: dict[str, Any] = {
         "host": "http://127.0.0.1:1",
         "namespace": NAMESPACE,
-        "image": "registry.example/ml-assets:1.2",
+        "image_uri": "registry.example/ml-assets:1.2",
         "storage_root": "s3://bucket/ml",
         "sync_seconds": 2.0,
         **overrides,
@@ -169,7 +169,7 @@ def test_gpu_node_selectors_setting_replaces_the_default_table() -> None:
 
     assert pod_spec(body)["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     t4 = Resources(gpu_count=1, gpu_type="nvidia-tesla-t4")
-    with pytest.raises(ValueError, match="known types: nvidia-a100-80gb "):
+    with pytest.raises(ValueError, match="known types: a100-80gb "):
         build_job_body(job_spec("s3://b/ml", ["t"], "k", resources=t4), custom)
 
 
@@ -219,15 +219,118 @@ def test_name_labels_and_annotations_follow_the_idempotency_key() -> None:
 
 def test_invalid_label_key_is_refused() -> None:
     spec = job_spec("s3://b/ml", ["t"], "k", labels={"bad key!": "x"})
-    with pytest.raises(ValueError, match="not a valid Kubernetes label key"):
+    with pytest.raises(ValueError, match="'bad key!' is not a valid label key"):
         build_job_body(spec, settings())
+
+
+# -- what a team's YAML may say, checked when it loads (the API server's documented rules) --------
+
+
+@pytest.mark.parametrize(
+    ("toleration", "problem"),
+    [
+        ({"key": "gpu", "operator": "Exists", "value": "yes"}, "value: must be empty"),
+        (
+            {"key": "gpu", "value": "a", "effect": "NoSchedule", "tolerationSeconds": 30},
+            "tolerationSeconds: only allowed with effect 'NoExecute'",
+        ),
+        ({"key": "gpu", "effect": "NoRun"}, "effect"),
+        ({"key": "gpu", "operator": "In", "value": "a"}, "operator"),
+        ({"key": "gpu", "value": "a", "colour": "red"}, "colour"),
+        ({"value": "a"}, "must be 'Exists' when key is empty"),
+        ({"key": "bad key", "operator": "Exists"}, "not a valid label key"),
+        ({"key": "gpu", "value": "not valid!"}, "not a valid label value"),
+    ],
+)
+def test_a_toleration_the_api_server_would_refuse_fails_at_load(
+    toleration: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match=problem):
+        Resources(tolerations=[toleration])
+
+
+def test_valid_tolerations_load_and_reach_the_pod_as_written() -> None:
+    tolerations = [
+        {"operator": "Exists"},
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "spot", "value": "true", "effect": "NoExecute", "tolerationSeconds": 120},
+    ]
+
+    body = build_job_body(
+        job_spec("s3://b/ml", ["t"], "k", resources=Resources(tolerations=tolerations)), settings()
+    )
+
+    assert pod_spec(body)["tolerations"] == [
+        {"operator": "Exists"},
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"},
+        {
+            "key": "spot",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoExecute",
+            "tolerationSeconds": 120,
+        },
+    ]
+
+
+def test_node_selector_labels_are_checked_at_load() -> None:
+    with pytest.raises(pydantic.ValidationError, match="'pool name' is not a valid label key"):
+        Resources(node_selector={"pool name": "gpu"})
+    with pytest.raises(pydantic.ValidationError, match="is not a valid label value"):
+        Resources(node_selector={"pool": "a/b"})
+    with pytest.raises(pydantic.ValidationError, match="not a valid label value"):
+        settings(gpu_node_selectors={"t4": {"pool": "t4 nodes"}})
+
+
+@pytest.mark.parametrize("quantity", ["20Gi", "500m", "1", "1.5", ".5Ki", "1e3", "2E-1", "+3M"])
+def test_a_quantity_in_the_grammar_is_taken(quantity: str) -> None:
+    body = build_job_body(job_spec("s3://b/ml", ["t"], "k"), settings(ephemeral_storage=quantity))
+
+    assert container(body)["resources"]["requests"]["ephemeral-storage"] == quantity
+    assert container(body)["resources"]["limits"]["ephemeral-storage"] == quantity
+
+
+@pytest.mark.parametrize("quantity", ["4 GB", "4GB", "Gi", "4gi", "", "1.2.3", "e3", "4Gi "])
+def test_a_quantity_outside_the_grammar_fails_at_load(quantity: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="is not a Kubernetes quantity"):
+        settings(ephemeral_storage=quantity)
+
+
+# -- Kueue ----------------------------------------------------------------------------------------
+
+
+def test_a_kueue_queue_label_reaches_the_job_and_a_suspended_job_is_queued(
+    start_fake: Callable[..., FakeKubernetes], storage_root: str
+) -> None:
+    fake = start_fake(hold="running")
+    backend = fake.settings(storage_root).get_backend()
+    spec = job_spec(
+        storage_root, ["never", "run"], "kueue", labels={"kueue.x-k8s.io/queue-name": "fraud-gpu"}
+    )
+    handle = backend.submit(spec)
+    served = json.loads(backend._batch.list_namespaced_job(NAMESPACE, _preload_content=False).data)
+    (item,) = served["items"]
+    assert item["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "fraud-gpu"
+    assert backend.poll([handle])[handle.job_id].state == JobState.RUNNING
+
+    # Kueue's webhook creates a queued Job with spec.suspend set, and keeps it so until admitted.
+    item["spec"]["suspend"] = True
+    item["status"] = {}
+    status = backend.status(handle, backend.details(handle), native_job(item))
+
+    assert status.state == JobState.QUEUED
+    assert status.message == "suspended by Kueue in LocalQueue fraud-gpu"
+    del item["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    assert native_job(item).message == "suspended (spec.suspend is true)"
+    item["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert native_job(item).state == "Complete"  # an ended job is no longer queued
 
 
 def test_job_runs_the_staged_command_once_with_the_spec_env_only() -> None:
     spec = job_spec("s3://b/ml", ["python", "-m", "trainer"], "k", env={"B": "2", "A": "1"})
     custom = settings(
         token="do-not-leak",
-        service_account_name="trainer-sa",
+        service_account="trainer-sa",
         image_pull_policy="Always",
         ttl_seconds_after_finished=600,
     )
@@ -392,7 +495,7 @@ def test_load_backend_from_team_yaml_settings_with_an_env_token(
         "host": fake.url,
         "token": {"env": "FRAUD_K8S_TOKEN"},
         "namespace": "fraud-training",
-        "image": "ml-assets:test",
+        "image_uri": "ml-assets:test",
         "storage_root": storage_root,
         "sync_seconds": 0.5,
         "gpu_node_selectors": {"nvidia-l4": {"pool": "l4"}},
@@ -708,8 +811,8 @@ def _model_class_status(backend: KubernetesBackend, handle: JobHandle, job: Any)
     """A job's status as the poll decided it from the client's ``V1Job`` model before it read
     raw JSON (kept here verbatim as the reference)."""
     if job is None:
-        return backend._missing_status(handle)
-    owner = (job.metadata.annotations or {}).get(KUBERNETES_KEY_ANNOTATION)
+        return backend.gone(handle, backend.details(handle))
+    owner = (job.metadata.annotations or {}).get(KUBERNETES_KEY_ANNOTATION) or ""
     if owner != handle.idempotency_key:
         return JobStatus(
             job_id=handle.job_id,
@@ -838,7 +941,7 @@ def test_raw_job_fields_decide_as_the_model_classes_did(
 
     decided = {
         shape: (
-            backend._status(handle, listed_job(item)),
+            backend.status(handle, backend.details(handle), native_job(item)),
             _model_class_status(backend, handle, _as_model(item)),
         )
         for shape, item in shapes.items()
@@ -911,7 +1014,7 @@ def test_an_image_trainers_job_body_is_a_valid_v1_job_for_the_sdk() -> None:
         env={"DAGSTER_PIPES_CONTEXT": "abc"},
         resources=Resources(cpu=2, memory_gb=4, gpu_count=1, gpu_type="nvidia-tesla-t4"),
     )
-    settings = KubernetesBackendResource(namespace="ml", image="base:1", storage_root="/shared")
+    settings = KubernetesBackendResource(namespace="ml", image_uri="base:1", storage_root="/shared")
     body = build_job_body(spec, settings)
 
     class Response:

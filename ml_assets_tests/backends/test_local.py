@@ -56,7 +56,7 @@ def backend(tmp_path: Path) -> LocalBackend:
 def _cancel_leftover_jobs(tmp_path: Path) -> object:
     yield
     for handle_file in tmp_path.rglob("handle.json"):
-        LocalBackend(cancel_grace_s=1.0).cancel(JobHandle.from_json(handle_file.read_text()))
+        LocalBackend(cancel_grace_seconds=1.0).cancel(JobHandle.from_json(handle_file.read_text()))
 
 
 def test_job_survives_the_death_of_the_submitting_process(
@@ -143,7 +143,7 @@ def test_runner_that_never_starts_is_queued_then_failed(
 ) -> None:
     # As if the submitting process died between recording the handle and starting the runner.
     monkeypatch.setattr(LocalBackend, "_launch", lambda self, job_dir: None)
-    backend = LocalBackend(start_timeout_s=3.0)
+    backend = LocalBackend(start_timeout_seconds=3.0)
     handle = backend.submit(spec_in(tmp_path / "job", py(WRITE_OUTPUT), "never"))
 
     assert backend.poll([handle])[handle.job_id].state == JobState.QUEUED

@@ -32,9 +32,10 @@ from ml_assets.backends.remote import output_location, staged_command
 
 pytestmark = pytest.mark.timeout(60)
 
-SETTINGS = sm.TrainingJobSettings(
+SETTINGS = sm.SageMakerBackendResource(
     role_arn="arn:aws:iam::123456789012:role/training",
     image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
+    storage_root="s3://b/root",
     volume_size_gb=80,
     max_runtime_seconds=7200,
     sync_seconds=5,
@@ -107,9 +108,18 @@ def test_a_key_too_long_for_a_tag_is_kept_as_its_hash_only() -> None:
     assert "ml-assets-idempotency-key" not in tags
 
 
-def test_a_label_that_is_no_valid_tag_is_refused() -> None:
+@pytest.mark.parametrize("value", ["a;b", "tab\tinside", "new\nline", "x" * 257])
+def test_a_label_that_is_no_valid_tag_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="owner"):
-        sm.build_training_job_request(spec(labels={"owner": "a;b"}), SETTINGS)
+        sm.build_training_job_request(spec(labels={"owner": value}), SETTINGS)
+
+
+def test_tags_take_what_aws_tag_pattern_takes() -> None:
+    labels = {"owner": "Zoë Ünal", "path": "a/b=c+d-e@f:g.h_i", "wide": "x\u3000y", "n": "٣"}
+
+    tags = {tag["Key"]: tag["Value"] for tag in sm.training_job_tags(spec(labels=labels))}
+
+    assert {key: tags[key] for key in labels} == labels
 
 
 def test_the_output_must_be_in_s3() -> None:
@@ -128,6 +138,8 @@ def test_a_long_command_travels_in_the_environment_and_the_bootstrap_runs_it(
     entrypoint, env = sm.container_command(long_job, 0.5)
 
     assert all(len(item) <= 256 for item in entrypoint) and entrypoint[:2] == ["python", "-c"]
+    # AWS's pattern for an entrypoint item is ^.*$: the bootstrap is one line.
+    assert all("\n" not in item for item in entrypoint)
     assert all(len(value) <= 512 for value in env.values()) and len(env) >= 2
     joined = "".join(env[f"{sm.ENTRYPOINT_ENV_PREFIX}{i}"] for i in range(len(env)))
     assert json.loads(joined) == staged_command(long_job, 0.5)
@@ -193,6 +205,8 @@ def test_the_spec_image_and_an_unstaged_command_go_into_the_request() -> None:
         (Resources(gpu_count=1, gpu_type="nvidia-tesla-t4"), "ml.g4dn.xlarge"),
         (Resources(cpu=8, gpu_count=1, gpu_type="nvidia-tesla-t4"), "ml.g4dn.2xlarge"),
         (Resources(gpu_count=4, gpu_type="nvidia-tesla-t4"), "ml.g4dn.12xlarge"),
+        (Resources(gpu_count=2, gpu_type="t4"), "ml.g4dn.12xlarge"),  # at least 2: 4 it is
+        (Resources(gpu_count=1), "ml.g4dn.xlarge"),  # default_gpu_type t4
         (Resources(gpu_count=4, gpu_type="nvidia-a10g"), "ml.g5.12xlarge"),
         (Resources(cpu=64, gpu_count=4, gpu_type="nvidia-a10g"), "ml.g5.24xlarge"),
         (Resources(gpu_count=1, gpu_type="nvidia-l4"), "ml.g6.xlarge"),
@@ -211,7 +225,9 @@ def test_resources_pick_the_smallest_instance_that_fits(
 
 def test_an_unknown_gpu_type_names_itself_and_the_known_ones() -> None:
     with pytest.raises(ValueError, match="nvidia-tesla-k80") as error:
-        sm.instance_type_for(Resources(gpu_count=1, gpu_type="nvidia-tesla-k80"))
+        sm.build_training_job_request(
+            spec(resources=Resources(gpu_count=1, gpu_type="k80")), SETTINGS
+        )
 
     assert all(gpu_type in str(error.value) for gpu_type in sm.GPU_TYPES)
 
@@ -219,15 +235,14 @@ def test_an_unknown_gpu_type_names_itself_and_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("resources", "message"),
     [
-        (Resources(gpu_count=2, gpu_type="nvidia-tesla-t4"), "counts of 1, 4 GPUs"),
-        (Resources(gpu_count=1), "needs a gpu_type"),
+        (Resources(gpu_count=16, gpu_type="nvidia-tesla-t4"), "offers 16 x t4 GPUs"),
         (Resources(gpu_type="nvidia-l4"), "gpu_count is 0"),
         (Resources(cpu=500), "largest is ml.m5.24xlarge"),
     ],
 )
 def test_resources_sagemaker_cannot_meet_are_refused(resources: Resources, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        sm.instance_type_for(resources)
+        sm.build_training_job_request(spec(resources=resources), SETTINGS)
 
 
 def test_every_shape_is_a_real_training_instance_and_is_documented() -> None:
@@ -236,8 +251,8 @@ def test_every_shape_is_a_real_training_instance_and_is_documented() -> None:
     doc = " ".join((sm.__doc__ or "").split())
 
     for shape in sm.INSTANCE_SHAPES:
-        assert shape.instance_type in valid
-        assert f"{shape.instance_type} ({shape.vcpus}/{shape.memory_gib})" in doc
+        assert shape.name in valid
+        assert f"{shape.name} ({shape.cpu:g}/{shape.memory_gb:g})" in doc
     assert all(f"``{gpu_type}``" in doc for gpu_type in sm.GPU_TYPES)
 
 
@@ -298,12 +313,12 @@ def test_yaml_settings_build_the_backend_with_secrets_from_env(
     client = backend._client
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.endpoint_url == "http://127.0.0.1:9"
-    assert client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 7}
+    # botocore tries each call once; the backend's retry policy decides on more.
+    assert client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 1}
+    assert backend.retry.max_attempts == 7
     assert client._request_signer._credentials.secret_key == "s3cr3t-value"
-    assert backend.page_size == 25
-    assert backend.settings == sm.TrainingJobSettings(
-        role_arn=settings["role_arn"], image_uri=settings["image_uri"], sync_seconds=2
-    )
+    assert backend.settings.page_size == 25
+    assert (backend.settings.role_arn, backend.settings.sync_seconds) == (settings["role_arn"], 2)
     request = sm.build_training_job_request(spec(), backend.settings)
     assert "s3cr3t-value" not in json.dumps(request) and "AKIAFRAUD" not in json.dumps(request)
 
@@ -505,7 +520,8 @@ def test_a_create_whose_answer_was_lost_reattaches_to_the_job(
 
     handle = backend.submit(job)
 
-    assert world.fake.calls["POST CreateTrainingJob"] == 2  # the retry met ResourceInUse
+    # The lost answer is not sent again: the job it made is found (DescribeTrainingJob).
+    assert world.fake.calls["POST CreateTrainingJob"] == 1
     assert handle.job_id == job.job_name and handle.details["arn"].endswith(job.job_name)
     assert settle(backend, [handle])[handle.job_id].state == JobState.SUCCEEDED
     assert counter.read_text() == "ran\n"

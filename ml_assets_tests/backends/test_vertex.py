@@ -192,15 +192,24 @@ def test_unknown_gpu_type_is_refused_naming_the_known_ones() -> None:
         build_custom_job(
             make_spec(resources=Resources(gpu_count=1, gpu_type="nvidia-gtx-1080")), settings()
         )
-    for known in ("nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100", "nvidia-h100-80gb"):
+    for known in ("t4", "l4", "a100", "h100-80gb"):
         assert known in str(info.value)
 
 
-def test_shapes_vertex_does_not_offer_are_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="counts of 1, 2, 4 per machine, not 3"):
-        machine_spec(Resources(gpu_count=3, gpu_type="nvidia-tesla-t4"), settings())
-    with pytest.raises(ValueError, match=r"the largest is n1-highmem-8 \(8 vCPUs"):
-        machine_spec(Resources(cpu=16, gpu_count=1, gpu_type="nvidia-tesla-v100"), settings())
+def test_shapes_round_up_to_what_vertex_offers_and_beyond_it_are_refused() -> None:
+    # Vertex attaches 1, 2 or 4 T4s to an N1 machine: 3 become 4, never a pair it refuses.
+    assert machine_spec(Resources(gpu_count=3, gpu_type="nvidia-tesla-t4"), settings()) == {
+        "machine_type": "n1-standard-4",
+        **t4(4),
+    }
+    # One V100 comes on N1 machines of at most 12 vCPUs: 16 vCPUs take the two-V100 hosts.
+    assert machine_spec(Resources(cpu=16, gpu_count=1, gpu_type="v100"), settings()) == {
+        "machine_type": "n1-standard-16",
+        "accelerator_type": "NVIDIA_TESLA_V100",
+        "accelerator_count": 2,
+    }
+    with pytest.raises(ValueError, match=r"offers 16 x l4 GPUs.*largest is g2-standard-96"):
+        machine_spec(Resources(gpu_count=16, gpu_type="nvidia-l4"), settings())
     with pytest.raises(ValueError, match="200 vCPUs"):
         machine_spec(Resources(cpu=200), settings())
 
@@ -225,8 +234,9 @@ def test_machine_table_can_be_overridden_and_extended() -> None:
         "accelerator_type": "NVIDIA_B200",
         "accelerator_count": 8,
     }
-    with pytest.raises(ValueError, match="set machine_types 'nvidia-b200:4'"):
-        machine_spec(Resources(gpu_count=4, gpu_type="nvidia-b200"), custom)
+    assert machine_spec(Resources(gpu_count=4, gpu_type="b200"), custom)["accelerator_count"] == 8
+    with pytest.raises(ValueError, match="offers 16 x b200 GPUs"):
+        machine_spec(Resources(gpu_count=16, gpu_type="nvidia-b200"), custom)
 
 
 def test_labels_are_vertex_safe_and_carry_team_model_and_key_hash() -> None:
@@ -277,7 +287,8 @@ def start_fake(tmp_path: Path, gcs: GcsEmulator) -> Iterator[Callable[..., FakeV
 
 
 def backend_for(fake: FakeVertex, **overrides: Any) -> VertexBackend:
-    values = fake.backend_settings(storage_root=ROOT, sync_seconds=0.5, **overrides)
+    fast = {"retry_backoff_seconds": 0.05, "max_attempts": 10, **overrides}
+    values = fake.backend_settings(storage_root=ROOT, sync_seconds=0.5, **fast)
     return VertexBackend(VertexBackendResource(**values))
 
 
@@ -410,7 +421,7 @@ def test_a_stale_claim_of_a_dead_submitter_is_taken_over(
     claim = {"idempotency_key": spec.idempotency_key, "token": "died-before-creating"}
     transport.write_json(transport.join(spec.output_uri, CLAIM_FILE), claim)
 
-    handle = backend_for(fake, claim_timeout_s=0.5).submit(spec)
+    handle = backend_for(fake, claim_timeout_seconds=0.5).submit(spec)
 
     (job,) = fake.jobs()
     assert handle.details["resource_name"] == job["name"]
@@ -439,7 +450,7 @@ def test_a_takeover_adopts_the_job_a_dead_submitter_created(
         custom_job=CustomJob.from_json(json.dumps(build_custom_job(spec, settings()))),
     )
 
-    handle = backend_for(fake, claim_timeout_s=0.5).submit(spec)
+    handle = backend_for(fake, claim_timeout_seconds=0.5).submit(spec)
 
     assert handle.details["resource_name"] == orphan.name
     assert len(fake.jobs()) == 1
@@ -455,7 +466,7 @@ def test_a_refused_create_frees_the_claim_for_the_next_submit(
         backend_for(fake, image_uri="").submit(spec)
 
     assert not transport.exists(transport.join(spec.output_uri, CLAIM_FILE))
-    handle = backend_for(fake).submit(spec)  # at once, not after claim_timeout_s
+    handle = backend_for(fake).submit(spec)  # at once, not after claim_timeout_seconds
     (job,) = fake.jobs()
     assert handle.details["resource_name"] == job["name"]
 

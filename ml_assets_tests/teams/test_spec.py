@@ -455,7 +455,7 @@ def test_remote_backend_without_its_settings_names_the_missing_field(tmp_path: P
     with pytest.raises(TeamSpecError) as raised:
         load_team_spec(_with(tmp_path, edit))
     message = str(raised.value)
-    assert "backends.kubernetes.image: required, not set" in message
+    assert "backends.kubernetes.image_uri: required, not set" in message
     assert "needs a backends.kubernetes section" in message
 
 
@@ -587,7 +587,7 @@ def test_an_unknown_backend_setting_is_refused_with_the_known_ones(
     assert message.startswith(
         f", line {_line_of(text, 'namepsace')}: backends.local.namepsace: unknown setting"
     )
-    assert "python_executable, start_timeout_s, cancel_grace_s, pass_env" in message
+    assert "python_executable, start_timeout_seconds, cancel_grace_seconds, pass_env" in message
     assert "Dagster" not in message and len(message) < 500
 
 
@@ -596,7 +596,7 @@ def test_an_unknown_kubernetes_setting_is_refused_not_ignored(tmp_path: Path) ->
         tmp_path,
         "allowed_backends: [local]\n",
         "allowed_backends: [local, kubernetes]\nbackends:\n  kubernetes:\n"
-        "    image: ghcr.io/acme/ml:1\n    storage_root: s3://bucket/jobs\n"
+        "    image_uri: ghcr.io/acme/ml:1\n    storage_root: s3://bucket/jobs\n"
         "    namepsace: prod\n",
     )
     message = _problem(path)

@@ -39,7 +39,7 @@ PLACEHOLDER = "__FUZZ_VALUE__"
 
 BACKEND_SETTINGS: dict[str, dict[str, Any]] = {
     "local": {},
-    "kubernetes": {"image": "ghcr.io/acme/ml:1", "storage_root": "s3://acme-ml/jobs"},
+    "kubernetes": {"image_uri": "ghcr.io/acme/ml:1", "storage_root": "s3://acme-ml/jobs"},
     "sagemaker": {
         "role_arn": "arn:aws:iam::123456789012:role/ml",
         "image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/ml:1",

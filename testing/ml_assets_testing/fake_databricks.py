@@ -6,6 +6,8 @@
   ``runs/list`` (newest first; ``run_type``, ``start_time_from``/``to``, ``active_only``,
   ``completed_only``; ``limit`` 1-25 with ``next_page_token`` pages), ``runs/get``,
   ``runs/get-output`` (of a task run; stdout once the run has ended) and ``runs/cancel``;
+* Clusters API 2.0 ``list-node-types`` and ``spark-versions``: the node types and runtimes this
+  workspace offers (``databricks_rules.NODE_TYPES``/``SPARK_VERSIONS``);
 * DBFS API 2.0 ``get-status``, ``create``/``add-block``/``close``, ``put``, ``read`` (offset,
   length, base64 data), ``mkdirs`` and ``delete``, backed by a local directory.
 
@@ -19,6 +21,12 @@ environment is the cluster's ``spark_env_vars`` plus ``job_env`` plus ``DATABRIC
 staged upload to ``dbfs:/`` lands here. Runs go PENDING, RUNNING, then TERMINATED with SUCCESS,
 FAILED or CANCELED; cancel kills the run's process group. ``Faults`` apply to every call, and
 ``lose_answers`` makes the next calls of a route fail with a 500 after they took effect.
+
+A ``runs/submit`` is checked against the Jobs API's request shape (``400 MALFORMED_REQUEST``)
+and the workspace's rules (``databricks_rules``, ``400 INVALID_PARAMETER_VALUE``): known node
+types and runtimes, GPU nodes on GPU ML runtimes, no ML runtime in a custom container, custom
+tag limits, library sources (no DBFS-root libraries on runtime 15.0+, no eggs on 14.0+), task
+keys and task types. Beyond those the fake runs one task per run, on a ``new_cluster``.
 
 ``count_poll_calls(n)`` measures what one ``DatabricksBackend.poll`` of n in-flight jobs costs.
 """
@@ -39,8 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ml_assets.backends.base import JobSpec
-from ml_assets.backends.databricks import DatabricksBackendResource
+from ml_assets_testing import databricks_rules
 from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
@@ -64,6 +71,7 @@ MAX_BLOCK = 1024 * 1024
 MAX_OUTPUT = 5 * 1024 * 1024
 _JOBS = r"/api/2\.[12]/jobs/runs"
 _DBFS = "/api/2.0/dbfs"
+_CLUSTERS = "/api/2.0/clusters"
 
 # ProcessJobs states -> Databricks (life_cycle_state, result_state, state_message).
 _STATES: dict[str, tuple[str, str | None, str]] = {
@@ -136,6 +144,8 @@ class FakeDatabricks(LoopbackServer):
             ("GET", f"{_JOBS}/get", self._get),
             ("GET", f"{_JOBS}/get-output", self._get_output),
             ("POST", f"{_JOBS}/cancel", self._cancel),
+            ("GET", f"{_CLUSTERS}/list-node-types", self._node_types),
+            ("GET", f"{_CLUSTERS}/spark-versions", self._spark_versions),
             ("GET", f"{_DBFS}/get-status", self._get_status),
             ("POST", f"{_DBFS}/create", self._create),
             ("POST", f"{_DBFS}/add-block", self._add_block),
@@ -212,22 +222,36 @@ class FakeDatabricks(LoopbackServer):
 
     # -- jobs -----------------------------------------------------------------------------------
 
+    def _node_types(self, request: Request) -> Response:
+        nodes = [node.as_json() for node in databricks_rules.NODE_TYPES.values()]
+        return Response(200, {"node_types": nodes})
+
+    def _spark_versions(self, request: Request) -> Response:
+        versions = [
+            {"key": key, "name": name} for key, name in databricks_rules.SPARK_VERSIONS.items()
+        ]
+        return Response(200, {"versions": versions})
+
     def _submit(self, request: Request) -> Response:
-        body = request.json()
-        tasks = body.get("tasks") or []
+        try:
+            body = request.json()
+            databricks_rules.check_submit_shape(body)
+        except (ValueError, databricks_rules.MalformedRequest) as error:
+            return _error(400, "MALFORMED_REQUEST", f"Could not parse request object: {error}")
+        problem = databricks_rules.submit_problem(body)
+        if problem:
+            return _bad(problem)
+        tasks = body["tasks"]
         if len(tasks) != 1:
             return _bad("the fake runs exactly one task per run")
         task = tasks[0]
         argv = self._task_argv(task)
         if isinstance(argv, Response):
             return argv
-        cluster = task.get("new_cluster") or {}
-        missing = [key for key in ("spark_version", "node_type_id") if not cluster.get(key)]
-        if missing or "num_workers" not in cluster:
-            return _bad(f"new_cluster needs spark_version, node_type_id and num_workers: {cluster}")
+        cluster = task.get("new_cluster")
+        if not cluster:
+            return _bad("the fake runs tasks on a new_cluster only")
         token = body.get("idempotency_token")
-        if token is not None and len(token) > 64:
-            return _bad("idempotency_token must have at most 64 characters")
         with self._state_lock:
             if token and token in self._by_token:
                 return Response(200, {"run_id": self._by_token[token]})
@@ -526,6 +550,9 @@ def count_poll_calls(n: int, page_size: int = MAX_LIMIT) -> dict[str, Any]:
     processes would not fit a small machine). Returns ``{"jobs", "calls", "by_route",
     "states"}``; the fake and everything it started are gone afterwards.
     """
+    from ml_assets.backends.base import JobSpec
+    from ml_assets.backends.databricks import DatabricksBackendResource
+
     with (
         tempfile.TemporaryDirectory(prefix="ml_assets_fake_databricks_") as scratch,
         FakeDatabricks(Path(scratch), pending_s=24 * 3600.0) as fake,

@@ -21,8 +21,14 @@ Lifecycle, as SageMaker reports it: ``InProgress``/``Starting`` while the job wa
 ``Stopping`` while its process group is killed in the background, then ``Stopped``; stopping
 a job that has ended is a ``ValidationException``, as on AWS. A job running longer than its
 ``MaxRuntimeInSeconds`` is stopped the same way and ends ``Stopped``/``MaxRuntimeExceeded``.
-Requests are checked against SageMaker's documented limits (name, entrypoint, environment,
-tags, instance type), which moto does not check.
+Every SageMaker request, the ones passed on to moto included, is first checked against the
+constraints of its action's input shape in botocore's service model (``aws_rules``: each
+member's pattern, length, enum and range, e.g. the tag value pattern that rejects a tab, the
+63-character training job name, the training instance types) and answered
+``ValidationException`` with AWS's wording when it breaks one; a member of the wrong JSON type
+is a ``SerializationException``. ``CreateTrainingJob`` is also held to the API reference's
+limits the model does not carry (at most 28 days of ``MaxRuntimeInSeconds``, an instance type
+and count unless instance groups are given, no ``aws:`` tag keys). Moto checks none of this.
 
 Jobs get the fake's own environment (``aws_environment()``: moto's endpoint and fake
 credentials, as a container gets its role's credentials) plus ``TRAINING_JOB_NAME`` and
@@ -33,11 +39,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import http.client
 import json
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -51,13 +55,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-import botocore.session
 from moto.server import ThreadedMotoServer
 
 from ml_assets import transport
-from ml_assets.backends import load_backend
-from ml_assets.backends.base import JobHandle, JobSpec, JobState
-from ml_assets.backends.remote import output_location
+from ml_assets_testing import aws_rules
 from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
@@ -82,18 +83,11 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 _JSON = "application/x-amz-json-1.1"
 _TARGET_PREFIX = "SageMaker."
-_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-_ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 _ENDED = ("Completed", "Failed", "Stopped")
 _HOP_BY_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
-
-
-@functools.cache
-def _training_instance_types() -> frozenset[str]:
-    """Every instance type CreateTrainingJob accepts, from botocore's SageMaker model."""
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    return frozenset(model.shape_for("TrainingInstanceType").enum)
+# The API reference's limits that the service model does not carry.
+MAX_RUNTIME_LIMIT_S = 28 * 86_400
+_RESERVED_TAG_PREFIX = "aws:"
 
 
 def _error(code: str, message: str, status: int = 400) -> Response:
@@ -114,50 +108,27 @@ def _action(request: Request) -> str:
 
 
 def _create_problem(body: dict[str, Any]) -> str | None:
-    """What SageMaker would reject in a CreateTrainingJob request, or None."""
-    name = body.get("TrainingJobName", "")
-    if not _NAME.fullmatch(name):
-        return f"TrainingJobName {name!r} must match [a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}}"
-    if not str(body.get("RoleArn", "")).startswith("arn:aws:iam::"):
-        return "RoleArn must be an IAM role ARN"
-    if not str(body.get("OutputDataConfig", {}).get("S3OutputPath", "")).startswith("s3://"):
-        return "OutputDataConfig.S3OutputPath must be an s3:// URI"
-    algorithm = body.get("AlgorithmSpecification", {})
-    if not algorithm.get("TrainingImage") or algorithm.get("TrainingInputMode") not in (
-        "File",
-        "Pipe",
-        "FastFile",
-    ):
-        return "AlgorithmSpecification needs TrainingImage and TrainingInputMode"
-    entrypoint = algorithm.get("ContainerEntrypoint") or []
-    if not entrypoint:
+    """What SageMaker would reject in a CreateTrainingJob beyond its model's shape constraints
+    (which ``aws_rules`` checks for every action), or what this fake cannot run; or None."""
+    algorithm = body.get("AlgorithmSpecification") or {}
+    if not algorithm.get("TrainingImage") and not algorithm.get("AlgorithmName"):
+        return "AlgorithmSpecification needs a TrainingImage or an AlgorithmName"
+    resources = body.get("ResourceConfig") or {}
+    if not resources.get("InstanceGroups"):
+        if not resources.get("InstanceType"):
+            return "ResourceConfig.InstanceType is required when InstanceGroups is not set"
+        if resources.get("InstanceCount", 0) < 1:
+            return "ResourceConfig.InstanceCount must be at least 1"
+    if resources.get("VolumeSizeInGB", 0) < 1 and not resources.get("KeepAlivePeriodInSeconds"):
+        return "ResourceConfig.VolumeSizeInGB must be at least 1"
+    runtime = (body.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+    if runtime is None or runtime > MAX_RUNTIME_LIMIT_S:
+        return f"StoppingCondition.MaxRuntimeInSeconds must be between 1 and {MAX_RUNTIME_LIMIT_S}"
+    for tag in body.get("Tags") or []:
+        if str(tag.get("Key", "")).lower().startswith(_RESERVED_TAG_PREFIX):
+            return f"Tag keys starting with {_RESERVED_TAG_PREFIX!r} are reserved: {tag['Key']!r}"
+    if not algorithm.get("ContainerEntrypoint"):
         return "this fake runs a job's ContainerEntrypoint and has no image to take one from"
-    for field_name in ("ContainerEntrypoint", "ContainerArguments"):
-        items = algorithm.get(field_name) or []
-        if len(items) > 100 or any(len(item) > 256 for item in items):
-            return f"{field_name}: at most 100 members of at most 256 characters each"
-    resources = body.get("ResourceConfig", {})
-    if resources.get("InstanceType") not in _training_instance_types():
-        return f"ResourceConfig.InstanceType {resources.get('InstanceType')!r} is not valid"
-    if resources.get("InstanceCount", 0) < 1 or resources.get("VolumeSizeInGB", 0) < 1:
-        return "ResourceConfig needs InstanceCount >= 1 and VolumeSizeInGB >= 1"
-    runtime = body.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 0)
-    if not 1 <= runtime <= 28 * 86_400:
-        return "StoppingCondition.MaxRuntimeInSeconds must be between 1 and 2419200"
-    environment = body.get("Environment", {})
-    if len(environment) > 100 or any(
-        not _ENV_KEY.fullmatch(key) or len(key) > 512 or len(value) > 512
-        for key, value in environment.items()
-    ):
-        return "Environment: at most 100 variables, names [a-zA-Z_][a-zA-Z0-9_]*, values <= 512"
-    tags = body.get("Tags", [])
-    if len(tags) > 50 or any(
-        not 1 <= len(tag["Key"]) <= 128
-        or len(tag["Value"]) > 256
-        or not _TAG_TEXT.fullmatch(tag["Key"] + tag["Value"])
-        for tag in tags
-    ):
-        return "Tags: at most 50, keys 1-128 and values 0-256 characters of [\\w\\s.:/=+\\-@]"
     return None
 
 
@@ -286,10 +257,18 @@ class FakeSageMaker(LoopbackServer):
         return (f"POST {action}" if action else label), response
 
     def _serve(self, request: Request) -> Response:
-        handler = self._actions.get(_action(request))
+        action = _action(request)
+        try:
+            body = request.json()
+            errors = aws_rules.request_errors("sagemaker", action, body)
+        except (ValueError, aws_rules.SerializationError) as error:
+            return _error("SerializationException", str(error))
+        if errors:
+            return _error("ValidationException", aws_rules.validation_message(errors))
+        handler = self._actions.get(action)
         if handler is None:
             return self._forward(request)
-        return handler(request.json())
+        return handler(body)
 
     def _forward(self, request: Request) -> Response:
         """Any other action goes to moto as it came (moto reads the service from the signature)."""
@@ -547,6 +526,10 @@ def count_poll_calls(n: int, page_size: int = 100, running: bool = True) -> dict
     process is started: about 8 MB less per job), resets the call counts, polls once, then
     kills everything. Returns ``{"jobs", "calls", "by_route", "poll_seconds", "states"}``.
     """
+    from ml_assets.backends import load_backend
+    from ml_assets.backends.base import JobHandle, JobSpec, JobState
+    from ml_assets.backends.remote import output_location
+
     expected = JobState.RUNNING if running else JobState.QUEUED
     with (
         tempfile.TemporaryDirectory(prefix="fake_sagemaker_") as scratch,

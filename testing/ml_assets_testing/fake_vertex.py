@@ -19,9 +19,12 @@ then SUCCEEDED or FAILED (with Vertex's ``error``); cancel kills the group (CANC
 ``Faults`` apply to every call; ``create_then_fail_rate`` makes that fraction of creates create
 the job and still answer 503, as a create whose answer is lost in transit.
 
-``GcsEmulator`` runs gcp-storage-emulator in memory on 127.0.0.1 (port 0). The emulator ignores
-GCS's ``ifGenerationMatch`` write precondition, which the backend's submit claim relies on, so
-the emulator here adds it for uploads: a write whose precondition fails gets GCS's 412.
+Creates are checked against Vertex AI's documented rules (``vertex_rules``: the CustomJob proto,
+labels, worker pools, machine types and their GPUs) and answered ``400 INVALID_ARGUMENT`` when
+they break one; beyond those, the fake needs the first pool's ``containerSpec.command`` to run.
+
+``GcsEmulator`` (from ``ml_assets_testing.gcs``) runs gcp-storage-emulator in memory on
+127.0.0.1, with GCS's generation and metageneration preconditions on every object operation.
 
 ``count_poll_calls(n)`` measures the calls of one poll over ``n`` in-flight jobs.
 """
@@ -30,27 +33,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import random
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
-from gcp_storage_emulator.handlers import buckets
-from gcp_storage_emulator.server import RequestHandler, Router
-from gcp_storage_emulator.storage import Storage
-
-from ml_assets.backends import remote
-from ml_assets.backends.base import JobSpec
-from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
+from ml_assets_testing import vertex_rules
 from ml_assets_testing.fakes import (
     CANCELLED,
     FAILED,
@@ -64,6 +57,7 @@ from ml_assets_testing.fakes import (
     Request,
     Response,
 )
+from ml_assets_testing.gcs import GcsEmulator
 
 _COLLECTION = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs"
 _ONE = _COLLECTION + r"/(?P<job>[^/:]+)"
@@ -80,8 +74,6 @@ TICK_S = 0.05
 # gRPC status codes in a job's ``error``, as Vertex reports them.
 _INVALID_ARGUMENT, _CANCELLED_CODE = 3, 1
 
-_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 _FILTER_TERM = re.compile(
     r"(?P<field>labels\.[a-z][a-z0-9_-]*|display_name|state|create_time)\s*"
     r"(?P<op>!=|>=|<=|=|<|>)\s*(?P<value>\"[^\"]*\"|[^\s\"]+)"
@@ -156,36 +148,17 @@ def parse_filter(text: str) -> list[Predicate]:
     return predicates
 
 
-def _invalid(job: dict[str, Any]) -> str | None:
-    """Why Vertex would refuse this CustomJob, or ``None``; checks what the backend sends."""
-    name = job.get("displayName", "")
-    if not name or len(name) > 128:
-        return "displayName must have 1 to 128 characters"
-    labels = job.get("labels", {})
-    if len(labels) > 64:
-        return "at most 64 labels are allowed"
-    for key, value in labels.items():
-        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
-            return f"invalid label {key!r}: {value!r}"
-    spec = job.get("jobSpec", {})
-    pools = spec.get("workerPoolSpecs") or []
-    if not pools:
-        return "jobSpec.workerPoolSpecs is required"
-    machine = pools[0].get("machineSpec", {})
-    if not machine.get("machineType"):
-        return "workerPoolSpecs[0].machineSpec.machineType is required"
-    if machine.get("acceleratorType") and int(machine.get("acceleratorCount", 0)) < 1:
-        return "acceleratorCount must be positive when acceleratorType is set"
-    if int(pools[0].get("replicaCount", 0)) < 1:
-        return "workerPoolSpecs[0].replicaCount must be positive"
-    container = pools[0].get("containerSpec", {})
-    if not container.get("imageUri"):
-        return "workerPoolSpecs[0].containerSpec.imageUri is required"
-    if not container.get("command"):
+def _problem(body: bytes) -> str | None:
+    """Why Vertex AI (``vertex_rules``) or this fake would refuse this create, or ``None``."""
+    try:
+        problem = vertex_rules.custom_job_problem(vertex_rules.parse_custom_job(body))
+    except ValueError as error:
+        return str(error)
+    if problem:
+        return problem
+    pools = json.loads(body)["jobSpec"]["workerPoolSpecs"]
+    if "containerSpec" not in pools[0] or not pools[0]["containerSpec"].get("command"):
         return "this fake runs containerSpec.command; an image's own entrypoint cannot run here"
-    output = spec.get("baseOutputDirectory", {}).get("outputUriPrefix", "gs://")
-    if not output.startswith("gs://"):
-        return f"baseOutputDirectory.outputUriPrefix must be a gs:// URI, got {output!r}"
     return None
 
 
@@ -270,10 +243,10 @@ class FakeVertex(LoopbackServer):
     # -- routes ---------------------------------------------------------------------------------
 
     def _create(self, request: Request) -> Response:
-        body = request.json()
-        problem = _invalid(body)
+        problem = _problem(request.body)
         if problem:
             return _error(400, problem)
+        body = request.json()
         parent = f"projects/{request.params['project']}/locations/{request.params['location']}"
         name = f"{parent}/customJobs/{next(self._ids)}"
         container = body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
@@ -357,144 +330,6 @@ class FakeVertex(LoopbackServer):
         return record.created + timedelta(seconds=monotonic - process.created_at)
 
 
-# --- GCS ---------------------------------------------------------------------------------------
-
-
-class _PreconditionFailed(Exception):
-    pass
-
-
-class _ConditionalStorage(Storage):  # type: ignore[misc]
-    """The emulator's in-memory storage, with GCS's ``ifGenerationMatch`` on object writes."""
-
-    def __init__(self) -> None:
-        super().__init__(use_memory_fs=True)
-        self.lock = threading.Lock()
-        self.if_generation_match: str | None = None
-
-    def create_file(
-        self,
-        bucket_name: str,
-        file_name: str,
-        content: bytes,
-        file_obj: dict[str, Any],
-        file_id: str | None = None,
-    ) -> None:
-        expected = self.if_generation_match
-        if expected is not None:
-            current = self.objects.get(bucket_name, {}).get(file_name, {}).get("generation")
-            if int(current or 0) != int(expected):
-                raise _PreconditionFailed
-        super().create_file(bucket_name, file_name, content, file_obj, file_id)
-
-    def _write_config_to_file(self) -> None:
-        """Nothing to persist in memory; the emulator would re-serialise every object here."""
-
-
-class _GcsHandler(RequestHandler):  # type: ignore[misc]
-    """One request at a time (the emulator's storage is not thread-safe), preconditions on."""
-
-    storage: _ConditionalStorage
-
-    def _serve(self, method: str) -> None:
-        query = parse_qs(urlparse(self.path).query)
-        with self.storage.lock:
-            expected = query.get("ifGenerationMatch")
-            self.storage.if_generation_match = expected[0] if expected else None
-            try:
-                Router(self).handle(method)
-            except _PreconditionFailed:
-                self._precondition_failed()
-            finally:
-                self.storage.if_generation_match = None
-
-    def _precondition_failed(self) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": 412,
-                    "message": "At least one of the pre-conditions you specified did not hold.",
-                    "errors": [{"reason": "conditionNotMet", "domain": "global"}],
-                }
-            }
-        ).encode()
-        self.send_response(412)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-
-class GcsEmulator:
-    """gcp-storage-emulator in memory on 127.0.0.1 (a free port), with ``buckets`` created.
-
-    Point google-cloud-storage at it with ``env`` (``STORAGE_EMULATOR_HOST``).
-    """
-
-    def __init__(self, bucket_names: Iterable[str] = ()) -> None:
-        self.bucket_names = list(bucket_names)
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "emulator not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"STORAGE_EMULATOR_HOST": self.url}
-
-    def start(self) -> GcsEmulator:
-        # The emulator logs each missing object at ERROR; to a submit claim a 404 is an answer.
-        logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
-        storage = _ConditionalStorage()
-        for name in self.bucket_names:
-            buckets.create_bucket(name, storage)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_GcsHandler, storage))
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def client(self) -> Any:
-        """A google-cloud-storage client of this emulator, whatever the environment says."""
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        return storage.Client(
-            project="ml-assets-test",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self.url},
-        )
-
-    def __enter__(self) -> GcsEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 # --- the poll benchmark ------------------------------------------------------------------------
 
 
@@ -507,6 +342,10 @@ def count_poll_calls(n: int, page_size: int = 100) -> dict[str, Any]:
     JOB_STATE_PENDING (an hour's pending time), so no processes start: poll treats pending and
     running jobs alike, and n sleeping interpreters would only load the machine.
     """
+    from ml_assets.backends import remote
+    from ml_assets.backends.base import JobSpec
+    from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
+
     bucket = "ml-assets-bench"
     with (
         tempfile.TemporaryDirectory(prefix="fake_vertex_bench_") as scratch,

@@ -14,8 +14,12 @@ OUTPUT_FILE = "out.json"
 
 
 def py(*lines: str) -> list[str]:
-    """A command running the given Python lines in this interpreter."""
-    return [sys.executable, "-c", "\n".join(lines)]
+    """A command running the given Python lines in this interpreter.
+
+    The program is one line (``exec`` of the source's literal): SageMaker's ContainerEntrypoint
+    members must match ``.*``, which no line break does.
+    """
+    return [sys.executable, "-c", f"exec({chr(10).join(lines)!r})"]
 
 
 def python_file(directory: Path, *lines: str) -> list[str]:
