@@ -150,6 +150,10 @@ def team_yaml(folder: Path, team: str, settings: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "team.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    # The shipped platform policy grants no made-up team the kubernetes backend; this one does.
+    policy = folder.parent / "platform.yaml"
+    policy.write_text(yaml.safe_dump({"default": {"backends": ["local", "kubernetes"]}}))
+    os.environ["ML_ASSETS_POLICY"] = str(policy)
     return path
 
 

@@ -29,7 +29,7 @@ import dagster as dg
 from ml_assets import transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata
 from ml_assets.assets.evaluation import Scoring
-from ml_assets.assets.registration import registry_for
+from ml_assets.assets.registration import REGISTRY_RESOURCE, resource_registry
 from ml_assets.registries.base import (
     ARCHIVED,
     CHALLENGER,
@@ -389,12 +389,13 @@ def build_promotion_asset(model: ModelContext) -> dg.AssetsDefinition:
                 description="Feature PSI against the champion's training data.",
             ),
         ],
+        required_resource_keys={REGISTRY_RESOURCE},
         code_version=code_version(PROMOTION_LOGIC_VERSION, policy.model_dump(), scoring.as_dict()),
         **model.asset_settings(team.registry.kind if team.registry.kind != "local" else "python"),
     )
     def promoted(context: dg.AssetExecutionContext) -> Iterator[Any]:
         registered = latest_metadata(context.instance, keys.registered, prefer_run=context.run_id)
-        registry = registry_for(team, context.instance)
+        registry = resource_registry(context)
         name = keys.registry_name
         challenger = registry.get_version(name, str(registered["version"]))
         if challenger is None:
@@ -453,14 +454,18 @@ class RollbackConfig(dg.Config):
 def build_rollback_job(team: TeamSpec) -> dg.JobDefinition:
     """``<team>_rollback``: point a model's production alias back at an earlier version."""
 
-    @dg.op(name=f"{team.team}_rollback_production", tags={"kind": "registry"})
+    @dg.op(
+        name=f"{team.team}_rollback_production",
+        tags={"kind": "registry"},
+        required_resource_keys={REGISTRY_RESOURCE},
+    )
     def rollback_production(context: dg.OpExecutionContext, config: RollbackConfig) -> None:
         if config.model not in team.models:
             raise dg.Failure(
                 f"unknown model {config.model!r}; {team.team} has: {', '.join(team.models)}"
             )
         model = ModelContext(team, config.model)
-        registry = registry_for(team, context.instance)
+        registry = resource_registry(context)
         try:
             record = rollback(
                 registry,

@@ -4,6 +4,7 @@ Only a model whose evaluation met every threshold is registered, and the version
 lineage: the training job, the exact data versions it read, the runs and the code versions.
 """
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,46 @@ from ml_assets.teams.spec import TeamSpec
 REGISTRATION_LOGIC_VERSION = "2"
 
 
+REGISTRY_RESOURCE = "registry"
+
+
 def registry_for(team: TeamSpec, instance: dg.DagsterInstance | None) -> ModelRegistry:
     """The registry a team's YAML selects, with local storage under ML_ASSETS_HOME by default."""
     return team_registry(
         team.registry.kind, team.registry.settings, team.team, storage.home(instance)
     )
+
+
+class RegistryResource(dg.ConfigurableResource):
+    """A team's model registry as a Dagster resource, so that a deployment or a test swaps the
+    registry of every asset and job of a location in one place (``resources={"registry": ...}``).
+
+    ``settings`` is the YAML's JSON: each registry kind takes its own settings.
+    """
+
+    team: str
+    kind: str = "local"
+    settings: str = "{}"
+
+    @classmethod
+    def for_team(cls, team: TeamSpec) -> "RegistryResource":
+        return cls(
+            team=team.team,
+            kind=team.registry.kind,
+            settings=json.dumps(team.registry.settings, sort_keys=True, default=str),
+        )
+
+    def open(self, instance: dg.DagsterInstance | None) -> ModelRegistry:
+        """The registry, its local stores under the instance's ML_ASSETS_HOME."""
+        return team_registry(
+            self.kind, json.loads(self.settings), self.team, storage.home(instance)
+        )
+
+
+def resource_registry(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> ModelRegistry:
+    """The registry of the ``registry`` resource of the running asset or op."""
+    resource: RegistryResource = getattr(context.resources, REGISTRY_RESOURCE)
+    return resource.open(context.instance)
 
 
 def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
@@ -36,6 +72,7 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
         deps=[keys.evaluation],
         description=f"{model.name} registered in the team's {team.registry.kind} registry.",
         automation_condition=dg.AutomationCondition.eager(),
+        required_resource_keys={REGISTRY_RESOURCE},
         code_version=code_version(REGISTRATION_LOGIC_VERSION, team.registry.model_dump()),
         **model.asset_settings(team.registry.kind if team.registry.kind != "local" else "python"),
     )
@@ -64,7 +101,7 @@ def build_registration_asset(model: ModelContext) -> dg.AssetsDefinition:
         metric_names = list(_metrics(evaluation))
         from ml_assets.tables import file_sha256
 
-        registry = registry_for(team, instance)
+        registry = resource_registry(context)
         with (
             transport.local_copy(str(trained["artifact"])) as local_artifact,
             tempfile.TemporaryDirectory(prefix="ml_assets_pack_") as scratch,

@@ -29,7 +29,7 @@ import dagster as dg
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version
 from ml_assets.assets.evaluation import Scoring
-from ml_assets.assets.registration import registry_for
+from ml_assets.assets.registration import REGISTRY_RESOURCE, resource_registry
 from ml_assets.registries.base import PRODUCTION, ModelVersion
 from ml_assets.tags import KUBERNETES_TEAM_LABEL
 
@@ -217,13 +217,14 @@ def build_serving_asset(model: ModelContext) -> dg.AssetsDefinition:
                 f"scores {SAMPLE_ROWS} holdout rows.",
             )
         ],
+        required_resource_keys={REGISTRY_RESOURCE},
         code_version=code_version(
             SERVING_LOGIC_VERSION, team.serving.model_dump(), scoring.as_dict()
         ),
         **model.asset_settings("kubernetes", *(["sagemaker"] if team.serving.sagemaker else [])),
     )
     def serving(context: dg.AssetExecutionContext) -> Iterator[Any]:
-        registry = registry_for(team, context.instance)
+        registry = resource_registry(context)
         version = registry.get_by_alias(keys.registry_name, PRODUCTION)
         if version is None:
             raise dg.Failure(f"{keys.registry_name} has no {PRODUCTION} version to serve yet")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -10,7 +12,11 @@ from ml_assets.assets.common import ModelContext
 from ml_assets.assets.data import build_data_assets
 from ml_assets.assets.evaluation import build_evaluation_asset
 from ml_assets.assets.promotion import build_promotion_asset, build_rollback_job
-from ml_assets.assets.registration import build_registration_asset
+from ml_assets.assets.registration import (
+    REGISTRY_RESOURCE,
+    RegistryResource,
+    build_registration_asset,
+)
 from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
 from ml_assets.backends import backend_resource
@@ -44,8 +50,14 @@ def build_team_assets(team: TeamSpec) -> list[dg.AssetsDefinition]:
     return assets
 
 
-def team_definitions(spec_path: str | Path) -> dg.Definitions:
-    """The Definitions of one team's code location, from its ``team.yaml``."""
+def team_definitions(
+    spec_path: str | Path, resources: Mapping[str, Any] | None = None
+) -> dg.Definitions:
+    """The Definitions of one team's code location, from its ``team.yaml``.
+
+    ``resources`` replace the location's own by key: ``registry``, and ``<name>_backend`` for
+    each backend the team may use. Every asset, sensor and job reads them from there.
+    """
     try:
         team = load_team_spec(spec_path)
         check_team(load_policy(), team)
@@ -77,7 +89,11 @@ def team_definitions(spec_path: str | Path) -> dg.Definitions:
             build_rollback_job(team),
         ],
         resources={
-            f"{name}_backend": backend_resource(name, team.backends.get(name))
-            for name in team.allowed_backends
+            REGISTRY_RESOURCE: RegistryResource.for_team(team),
+            **{
+                f"{name}_backend": backend_resource(name, team.backends.get(name))
+                for name in team.allowed_backends
+            },
+            **(resources or {}),
         },
     )
