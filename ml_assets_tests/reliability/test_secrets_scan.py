@@ -49,7 +49,7 @@ import sys
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,6 @@ class World:
     requests: Callable[[], list[tuple[str, Any]]] = lambda: []  # what the fake was asked to run
     stores: Callable[[], list[tuple[str, bytes]]] = lambda: []  # object storage held in memory
     probe: bool = False  # the trainer writes its environment into its output
-    proofs: list[str] = field(default_factory=list)
 
 
 def kubernetes_section(fake: Any, storage_root: Path) -> dict[str, Any]:
@@ -397,8 +396,6 @@ BAD_SECTIONS: dict[str, dict[str, Any]] = {
     "unknown": {"api_token": {"env": K8S_TOKEN}},
     # Another team's secret (the policy's prefix refuses it): the variable is set and holds it.
     "foreign": {"token": {"env": "FRAUD_K8S_TOKEN"}},
-    # A mapping where a string goes, with the variable inside it.
-    "nested": {"token": {"value": {"env": K8S_TOKEN}}},
 }
 
 
