@@ -42,7 +42,6 @@ succeeded, its messages deciding; else it failed. Logs come from the job's pod, 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -89,7 +88,6 @@ FAILURE_FILE = "failure.json"
 # chunks); their presence means the job already ran in this output.
 _OUTPUT_MARKERS = ("job.log", "messages.jsonl", "messages/1.json")
 _RAN_MARKERS = (CANCELLED_MARKER, *_OUTPUT_MARKERS)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # The API reference's resource.Quantity grammar: <signedNumber><suffix>, the suffix binary SI,
 # decimal SI (m, k, M, G, T, P, E or none) or a decimal exponent.
 _NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)"
@@ -195,11 +193,6 @@ def label_value(text: str) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
-def key_hash(key: str) -> str:
-    """The label that identifies an idempotency key (keys themselves may not be label values)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:40]
-
-
 def team_selector(team: str) -> str:
     """The label selector of one team's jobs (all ml_assets jobs when ``team`` is empty)."""
     selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
@@ -217,7 +210,7 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
         MANAGED_BY_LABEL: MANAGED_BY,
         KUBERNETES_TEAM_LABEL: label_value(spec.team),
         KUBERNETES_MODEL_LABEL: label_value(spec.model),
-        KUBERNETES_KEY_HASH_LABEL: key_hash(spec.idempotency_key),
+        KUBERNETES_KEY_HASH_LABEL: remote.key_hash(spec.idempotency_key),
     }
 
 
@@ -456,7 +449,7 @@ class KubernetesBackend(RemoteBackend[KubernetesDetails]):
         from urllib3.exceptions import HTTPError
 
         if isinstance(error, ApiException):
-            return error.status in RETRY_STATUSES
+            return error.status in remote.TRANSIENT_STATUSES
         return isinstance(error, HTTPError)
 
     # -- hooks ----------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""What every remote backend shares: the container's command and env, and a finished job's status.
+"""What every remote backend shares: the ``RemoteBackend`` template (submit, poll, cancel and logs
+over a few hooks, one ``RetryPolicy``, typed handle details), the container's command and env,
+and a finished job's status.
+
+Adding a backend is one module: a ``HandleDetails`` subclass, a ``RemoteBackendResource`` (or
+``MachineBackendResource``) subclass for its settings, and a ``RemoteBackend`` subclass with its
+``states`` table and the hooks ``prepare``, ``find``, ``create``, ``list_jobs``, ``get_job``,
+``stop`` and ``is_transient``; then a line in ``BACKENDS`` and a loopback fake for its tests.
 
 A job runs in one of two shapes (``JobSpec.staged``):
 
@@ -20,6 +27,7 @@ say. A backend needs its service only for the job's state; a failure's message a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -118,6 +126,15 @@ def read_log(output_uri: str, tail: int) -> str:
 
 T = TypeVar("T")
 D = TypeVar("D", bound=HandleDetails)
+
+
+# HTTP answers that may differ on another try: throttling and the server-side 5xx.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def key_hash(key: str) -> str:
+    """A label-safe stand-in for an idempotency key (keys themselves may not be label values)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 class JobExists(Exception):

@@ -395,7 +395,7 @@ class SageMakerBackend(RemoteBackend[SageMakerDetails]):
         if isinstance(error, ClientError):
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = error.response.get("Error", {}).get("Code", "")
-            return status in (429, 500, 502, 503, 504) or code in _THROTTLED
+            return status in remote.TRANSIENT_STATUSES or code in _THROTTLED
         return isinstance(error, BotoConnectionError | HTTPClientError)
 
     def prepare(self, spec: JobSpec) -> dict[str, Any]:

@@ -45,7 +45,6 @@ list. Cancel: CancelCustomJob. Logs: the staged ``job.log`` in GCS (Cloud Loggin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -185,9 +184,8 @@ def label_key(text: str) -> str:
     return key if key[:1].isalpha() and key[:1].isascii() else f"x-{key}"[:63]
 
 
-def key_label(idempotency_key: str) -> str:
-    """The value of ``RESOURCE_KEY_LABEL``: a hash of the idempotency key (not label-safe)."""
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+key_label = remote.key_hash
+"""The value of ``RESOURCE_KEY_LABEL``: a hash of the idempotency key (not label-safe)."""
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:

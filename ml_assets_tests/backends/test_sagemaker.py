@@ -226,7 +226,7 @@ def test_resources_pick_the_smallest_instance_that_fits(
 def test_an_unknown_gpu_type_names_itself_and_the_known_ones() -> None:
     with pytest.raises(ValueError, match="nvidia-tesla-k80") as error:
         sm.build_training_job_request(
-            spec(resources=Resources(gpu_count=1, gpu_type="k80")), SETTINGS
+            spec(resources=Resources(gpu_count=1, gpu_type="nvidia-tesla-k80")), SETTINGS
         )
 
     assert all(gpu_type in str(error.value) for gpu_type in sm.GPU_TYPES)
@@ -481,7 +481,7 @@ def test_submit_and_poll_survive_faults_and_start_each_key_once(
 ) -> None:
     faults = Faults(error_rate=0.2, throttle_rate=0.1, drop_rate=0.05, seed=11)
     world = make_world(faults=faults)
-    backend = world.backend(max_attempts=10)
+    backend = world.backend(max_attempts=10, retry_backoff_seconds=0.05)
     specs = []
     for index in range(5):
         counter = world.scratch / f"runs-{index}.txt"
@@ -490,7 +490,7 @@ def test_submit_and_poll_survive_faults_and_start_each_key_once(
 
     handles = [backend.submit(job) for job in specs]
     statuses = settle(backend, handles)
-    fresh = world.backend(max_attempts=10)
+    fresh = world.backend(max_attempts=10, retry_backoff_seconds=0.05)
     again = [fresh.submit(job) for job in specs]
 
     assert again == handles
