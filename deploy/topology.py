@@ -5,7 +5,7 @@ The same parts as the Helm deployment, without Kubernetes:
 
 - instance storage in PostgreSQL (dagster-postgres): ``<home>/dagster_home/dagster.yaml`` is
   this repository's ``dagster.yaml`` with ``storage: postgres`` and one run-queue limit per team
-  from the platform policy (``max_concurrent_runs``);
+  location from the platform policy (``max_concurrent_runs``);
 - one gRPC code server per code location (``dagster api grpc``), each its own process, so a
   team's crash or redeploy touches no other team;
 - ``<home>/workspace.yaml``, generated: one ``grpc_server`` entry per code server;
@@ -55,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKSPACE = REPO / "workspace.yaml"
 DEFAULT_INSTANCE = REPO / "dagster.yaml"
 PASSWORD_ENV = "DAGSTER_PG_PASSWORD"
+# The tag Dagster puts on every run launched from a code location, naming the location.
+CODE_LOCATION_TAG = "dagster/code_location"
 
 CODE_SERVER, WEBSERVER, DAEMON = "code_server", "webserver", "daemon"
 # The daemon's heartbeat that shows its sensors are evaluated: the reconcilers live there.
@@ -154,7 +156,9 @@ def instance_config(
     config["storage"] = postgres.storage()
     runs = config.setdefault("concurrency", {}).setdefault("runs", {})
     limits = runs.setdefault("tag_concurrency_limits", [])
-    limits.extend(run_queue_limits(policy, teams))
+    # By location, as the Helm values do: Dagster tags every run with its code location, so
+    # the limit holds for "Materialize all" runs too, which carry no team tag.
+    limits.extend(run_queue_limits(policy, teams, key=CODE_LOCATION_TAG))
     return config
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from ml_assets.policy import PlatformPolicy, load_policy, policy_path, run_queue_limits
-from ml_assets.tags import TEAM_TAG
+from ml_assets.tags import KUBERNETES_TEAM_LABEL, TEAM_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKSPACE = REPO / "workspace.yaml"
@@ -295,7 +295,7 @@ def _deployment(location: Location, image: dict[str, str], options: HelmOptions)
         ],
     }
     if location.team is not None:
-        deployment["labels"]["ml-assets/team"] = kubernetes_name(location.team)
+        deployment["labels"][KUBERNETES_TEAM_LABEL] = kubernetes_name(location.team)
         # Optional, so a team with no secrets yet still starts; a team's secrets reach only
         # its own code server and the runs it launches.
         deployment["envSecrets"] = [

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from ml_assets.backends.shapes import normalize_gpu_type
+from ml_assets.tags import TEAM_TAG
 
 if TYPE_CHECKING:
     from ml_assets.teams.spec import TeamSpec
@@ -143,7 +144,7 @@ class TeamGrant(_Data):
         None,
         pattern=r"^[A-Z][A-Z0-9_]*$",
         description="Every environment variable the team's YAML reads ({env: NAME}) must "
-        "start with this, e.g. FRAUD_.",
+        "start with this, e.g. PAYMENTS_.",
     )
     max_concurrent_runs: int = Field(
         3, ge=1, description="Dagster runs of the team's location at once (the run queue)."
@@ -556,7 +557,7 @@ def _under(uri: str, root: str) -> bool:
 
 
 def run_queue_limits(
-    policy: PlatformPolicy, teams: list[str], key: str = "ml_assets/team"
+    policy: PlatformPolicy, teams: list[str], key: str = TEAM_TAG
 ) -> list[dict[str, Any]]:
     """Dagster run-queue ``tag_concurrency_limits`` entries, one per team: at most the team's
     ``max_concurrent_runs`` runs tagged ``key=<team>`` run at once.

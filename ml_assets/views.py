@@ -5,7 +5,7 @@ of the production topology), writes a workspace file holding only the team's loc
 ``platform_data``, and replaces itself with ``dagster-webserver`` on that file, read-only when
 the platform policy's ``ui_read_only`` says so for the team.
 
-This narrows what one webserver shows and lets do; it is not access control. Every webserver
+This narrows what one webserver shows and allows; it is not access control. Every webserver
 reads and writes the same instance storage: whoever holds its credentials, or runs another
 webserver on the full workspace, sees and launches everything.
 
@@ -169,7 +169,7 @@ def add_view_command(commands: Any) -> None:
         "then run dagster-webserver on it (read-only when the platform policy says so). This "
         "scopes what the page shows; it is not authentication.",
     )
-    view.add_argument("team", help="the team's code location name, e.g. fraud")
+    view.add_argument("team", help="the team's code location name, e.g. payments")
     view.add_argument(
         "-w",
         "--workspace",

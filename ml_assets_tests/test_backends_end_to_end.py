@@ -129,7 +129,7 @@ def test_the_same_pipeline_trains_on_each_backend(
 
         assert submitted.success
         assert instance.get_latest_materialization_event(KEYS.trained) is None
-        reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+        reconciler = SensorDriver.of(instance, defs, "clinical_training_reconciler")
         reconciler.tick_until(lambda: instance.get_latest_materialization_event(KEYS.trained), 240)
         trained = instance.get_latest_materialization_event(KEYS.trained)
         assert trained is not None and trained.asset_materialization is not None
@@ -176,9 +176,7 @@ def test_a_team_script_in_its_own_image_trains_on_kubernetes(
         assert job.execute_in_process(
             instance=instance, asset_selection=[keys.dataset, keys.features, keys.trained]
         ).success
-        reconciler = SensorDriver(
-            instance, defs.resolve_sensor_def("screening_training_reconciler")
-        )
+        reconciler = SensorDriver.of(instance, defs, "screening_training_reconciler")
         reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 240)
         trained = instance.get_latest_materialization_event(keys.trained)
         assert trained is not None and trained.asset_materialization is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from ml_assets_testing.pipeline import admission
 from ml_assets_testing.sensor_driver import SensorDriver
 
 from ml_assets.assets.common import ModelKeys
@@ -67,8 +68,12 @@ def test_pipeline_ends_with_an_evaluated_registered_model(
     automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert automation.total_requested == 0  # nothing to evaluate before the model exists
 
-    reconciler = SensorDriver(instance, defs.resolve_sensor_def(f"{team}_training_reconciler"))
-    reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 120)
+    reconciler = SensorDriver.of(instance, defs, f"{team}_training_reconciler")
+    reconciler.tick_until(
+        lambda: instance.get_latest_materialization_event(keys.trained),
+        120,
+        also=[admission(instance)],
+    )
     trained = _values(_latest(instance, keys.trained))
     features = _values(_latest(instance, keys.features))
     features_version = file_sha256(str(features["path"]))
@@ -145,7 +150,7 @@ def test_a_model_below_its_thresholds_is_never_registered(
     assert job.execute_in_process(
         instance=instance, asset_selection=[keys.dataset, keys.features, keys.trained]
     ).success
-    reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+    reconciler = SensorDriver.of(instance, defs, "clinical_training_reconciler")
     reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 120)
 
     # Evaluation and registration in one run, as the automation sensor launches them.

@@ -165,7 +165,7 @@ def test_a_folder_team_reaches_a_served_model(
     ]
     job_dir = Path(str(submitted.metadata["output"].value))
 
-    reconciler = SensorDriver(instance, defs.resolve_sensor_def(f"{team}_training_reconciler"))
+    reconciler = SensorDriver.of(instance, defs, f"{team}_training_reconciler")
     _tick_mid_run(reconciler, job_dir)
     reconciler.tick_until(lambda: instance.get_latest_materialization_event(keys.trained), 120)
     trained_at = time.monotonic()

@@ -13,6 +13,7 @@ from dagster_pipes import decode_param
 
 from ml_assets import storage, transport
 from ml_assets.assets.common import ModelContext, code_version, latest_metadata
+from ml_assets.backends import backend_resource_key
 from ml_assets.backends.base import (
     Backend,
     JobHandle,
@@ -177,9 +178,12 @@ def queue_event(
         metadata={
             "status": QUEUED,
             "job_id": entry,
+            "team": spec.team,
+            "model": spec.model,
             "pool": pool,
             "gpus": gpus,
             "attempt": attempt,
+            "idempotency_key": spec.idempotency_key,
             "job": dg.MetadataValue.json(record),
         },
         tags={EVENT_TAG: QUEUED, JOB_ID_TAG: entry, ADMISSION_TAG: entry},
@@ -288,10 +292,12 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
         can_subset=True,
         name=keys.trained.to_python_identifier(),
         pool="gpu" if spec.resources.gpu_count else None,
+        required_resource_keys={backend_resource_key(spec.backend)},
     )
     def trained_model(context: dg.AssetExecutionContext) -> Iterator[Any]:
         features = latest_metadata(context.instance, keys.features, prefer_run=context.run_id)
-        storage_root = model.team.storage_root(spec.backend)
+        resource = getattr(context.resources, backend_resource_key(spec.backend))
+        storage_root = getattr(resource, "storage_root", None)
         job_spec = build_job_spec(
             model,
             run_id=context.run_id,
@@ -325,7 +331,7 @@ def build_training_asset(model: ModelContext) -> dg.AssetsDefinition:
             )
             yield queued
             return
-        backend = model.team.load_backend(spec.backend)
+        backend = resource.get_backend()
         handle = submit(backend, job_spec)
         try:
             handed = (

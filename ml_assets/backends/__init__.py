@@ -36,6 +36,20 @@ def backend_resource(name: str, settings: dict[str, Any] | None = None) -> Backe
     return resource
 
 
+def backend_resource_key(name: str) -> str:
+    """The resource key under which a location holds backend ``name``."""
+    return f"{name}_backend"
+
+
+def resource_backend(resources: Any, name: str) -> Backend:
+    """Backend ``name`` built from a Dagster context's ``<name>_backend`` resource."""
+    key = backend_resource_key(name)
+    resource: BackendResource | None = getattr(resources, key, None)
+    if resource is None:
+        raise KeyError(f"no {key} resource here: the team may not use the {name} backend")
+    return resource.get_backend()
+
+
 def load_backend(name: str, settings: dict[str, Any] | None = None) -> Backend:
     """The ready-to-use backend ``name``, its ``{env: X}`` settings read from the environment."""
     return configured_resource(name, settings).get_backend()

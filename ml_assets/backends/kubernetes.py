@@ -71,11 +71,11 @@ from ml_assets.tags import (
     KUBERNETES_MODEL_LABEL,
     KUBERNETES_OUTPUT_ANNOTATION,
     KUBERNETES_TEAM_LABEL,
+    KUEUE_QUEUE_LABEL,
 )
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "ml-assets"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The label the Job controller puts on a Job's pods.
 POD_JOB_LABEL = "job-name"
 CONTAINER_NAME = "trainer"

@@ -53,7 +53,7 @@ A job that can never be admitted (more GPUs than its pool, or than its team's qu
 borrowing) or whose pool left the policy is not admitted and blocks nobody; its status says why.
 
 Visible. For each model with jobs waiting, the sensor records a ``queue_status`` observation
-("queued for GPU: team fraud uses 4 of 4 t4 ...") when that text changes, not every tick.
+("queued for GPU: team <team> uses 4 of 4 t4 ...") when that text changes, not every tick.
 
 Bounded. A tick records at most ``max_events`` events, admissions first.
 """

@@ -33,6 +33,7 @@ from ml_assets.assets.training import (
     submission_event,
     submit,
 )
+from ml_assets.backends import backend_resource_key, resource_backend
 from ml_assets.backends.base import JobHandle, JobSpec
 from ml_assets.sensors.reconciler import (
     CANCEL_REQUESTED,
@@ -187,6 +188,10 @@ def _default_run_config(op_name: str, config: dg.Config) -> dg.RunConfig:
     return dg.RunConfig(ops={op_name: config})
 
 
+def _backend_keys(team: TeamSpec) -> set[str]:
+    return {backend_resource_key(name) for name in team.allowed_backends}
+
+
 def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
     """``<team>_cancel_training``: cancel a model's jobs in flight; the reconciler records the
     outcome."""
@@ -195,7 +200,7 @@ def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
     )
     op_name = f"{team.team}_cancel_training_op"
 
-    @dg.op(name=op_name)
+    @dg.op(name=op_name, required_resource_keys=_backend_keys(team))
     def cancel_training(context: dg.OpExecutionContext, config: config_class) -> None:  # type: ignore[valid-type]
         values: Any = config
         model = ModelContext(team, values.model)
@@ -235,7 +240,7 @@ def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
                     )
                 )
                 continue
-            team.load_backend(job.handle.backend).cancel(job.handle)
+            resource_backend(context.resources, job.handle.backend).cancel(job.handle)
             context.log.info(
                 f"cancel requested for {job.job_id} on {job.handle.backend}; the "
                 f"{team.team}_training_reconciler sensor records `cancelled` when it has stopped"
@@ -292,7 +297,7 @@ def build_retry_job(team: TeamSpec) -> dg.JobDefinition:
     op_name = f"{team.team}_retry_training_op"
     sensor = f"{team.team}_training_reconciler"
 
-    @dg.op(name=op_name)
+    @dg.op(name=op_name, required_resource_keys=_backend_keys(team))
     def retry_training(context: dg.OpExecutionContext, config: config_class) -> None:  # type: ignore[valid-type]
         values: Any = config
         model = ModelContext(team, values.model)
@@ -337,7 +342,7 @@ def build_retry_job(team: TeamSpec) -> dg.JobDefinition:
                 f"admits it and the {sensor} sensor then submits it"
             )
             return
-        handle = submit(team.load_backend(failed.handle.backend), spec)
+        handle = submit(resource_backend(context.resources, failed.handle.backend), spec)
         context.log.info(
             f"resubmitted {failed.job_id} as {handle.job_id} on {handle.backend} (attempt "
             f"{attempt} of run {failed.run_id}); the {sensor} sensor records the model when it "

@@ -40,6 +40,7 @@ from ml_assets.assets.training import (
     submission_event,
     submit,
 )
+from ml_assets.backends import backend_resource_key, load_backend, resource_backend
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.dagster_private import (
     CODE_VERSION_TAG,
@@ -304,13 +305,26 @@ class Reconciler:
     ) -> None:
         self.team = team
         self._backends = dict(backends or {})
+        self._resources: Any = None
         self.max_events = max_events
         self.max_progress_reads = max_progress_reads
         self.progress_seconds = progress_seconds
 
+    def use_resources(self, resources: Any) -> None:
+        """Build backends from these Dagster resources (``<name>_backend``) from now on.
+
+        A backend is built once and kept: remote backends remember what they have seen finish,
+        which saves calls on later ticks.
+        """
+        self._resources = resources
+
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = self.team.load_backend(name)
+            self._backends[name] = (
+                resource_backend(self._resources, name)
+                if self._resources is not None
+                else load_backend(name, self.team.backends.get(name))
+            )
         return self._backends[name]
 
     def tick(self, instance: dg.DagsterInstance, raw_cursor: str | None) -> TickOutcome:
@@ -925,10 +939,14 @@ def build_reconciler_sensor(
     backends: dict[str, Backend] | None = None,
     **budget: Any,
 ) -> dg.SensorDefinition:
-    """The team's reconciling sensor, running by default. ``backends`` overrides the backend
-    objects by name (otherwise each is built from its defaults on first use); ``budget``
-    overrides a tick's limits (``max_events``, ``max_progress_reads``, ``progress_seconds``)."""
+    """The team's reconciling sensor, running by default. It builds each backend from the
+    location's ``<name>_backend`` resource, unless ``backends`` hands it the backend objects
+    by name; ``budget`` overrides a tick's limits (``max_events``, ``max_progress_reads``,
+    ``progress_seconds``)."""
     reconciler = Reconciler(team, backends, **budget)
+    resource_keys = (
+        set() if backends is not None else {backend_resource_key(n) for n in team.allowed_backends}
+    )
     targets = [ModelContext(team, name).keys.trained for name in team.models]
 
     @dg.sensor(
@@ -940,8 +958,12 @@ def build_reconciler_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         asset_selection=dg.AssetSelection.assets(*targets),
+        required_resource_keys=resource_keys,
     )
-    def reconcile(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def reconcile(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult:
+        # Called directly (in tests), Dagster also passes the resources as keyword arguments.
+        if resource_keys:
+            reconciler.use_resources(context.resources)
         outcome = reconciler.tick(context.instance, context.cursor)
         for line in outcome.log:
             context.log.info(line)

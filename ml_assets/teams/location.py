@@ -19,7 +19,7 @@ from ml_assets.assets.registration import (
 )
 from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
-from ml_assets.backends import backend_resource
+from ml_assets.backends import backend_resource, backend_resource_key
 from ml_assets.policy import PolicyError, check_team, load_policy
 from ml_assets.sensors.cancel import build_cancel_job, build_retry_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
@@ -88,12 +88,17 @@ def team_definitions(
             build_retry_job(team),
             build_rollback_job(team),
         ],
-        resources={
-            REGISTRY_RESOURCE: RegistryResource.for_team(team),
-            **{
-                f"{name}_backend": backend_resource(name, team.backends.get(name))
-                for name in team.allowed_backends
-            },
-            **(resources or {}),
-        },
+        resources={**team_resources(team), **(resources or {})},
     )
+
+
+def team_resources(team: TeamSpec) -> dict[str, Any]:
+    """A team location's resources: its registry, and each backend it may use as
+    ``<name>_backend``, configured from its YAML."""
+    return {
+        REGISTRY_RESOURCE: RegistryResource.for_team(team),
+        **{
+            backend_resource_key(name): backend_resource(name, team.backends.get(name))
+            for name in team.allowed_backends
+        },
+    }

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -70,19 +70,31 @@ def _free_port() -> int:
         return port
 
 
-def _wait(what: str, probe: Callable[[], T | None], timeout: float, topology: Any = None) -> T:
+def _wait(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    topology: Any = None,
+    instance: dg.DagsterInstance | None = None,
+) -> T:
+    """Poll ``probe`` until it answers; fail at ``timeout``, or at once when a run of the
+    ``instance`` has failed (nothing would then carry the chain on)."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if result is not None:
             return result
-        if time.monotonic() > deadline:
+        failed: Sequence[dg.DagsterRun] = ()
+        if instance is not None:
+            failed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        if failed or time.monotonic() > deadline:
+            why = f"run {failed[0].job_name} {failed[0].run_id} failed" if failed else "timed out"
             logs = ""
             if topology is not None:
                 logs = "\n".join(
                     f"--- {name}\n{topology.tail(name, 15)}" for name in topology.services
                 )
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}", pytrace=False)
+            pytest.fail(f"{why} waiting {timeout:.0f}s for {what}\n{logs}", pytrace=False)
         time.sleep(POLL_S)
 
 
@@ -239,6 +251,7 @@ def test_a_team_survives_its_code_server_and_the_daemon_being_killed_mid_trainin
             partial(instance.get_latest_materialization_event, keys.promoted),
             PROMOTED_TIMEOUT_S,
             topology,
+            instance,
         )
         timings[f"launch to {team} promoted"] = time.monotonic() - launched[team]
         _wait(
@@ -265,12 +278,18 @@ def test_a_team_survives_its_code_server_and_the_daemon_being_killed_mid_trainin
         assert promoted_run is not None
         run = instance.get_run_by_id(promoted_run.run_id)
         assert run is not None and run.tags.get(TEAM_TAG) == team
+        # Every run carries its location, which the run queue's per-team limits count by.
+        assert run.tags.get("dagster/code_location") == team
 
     print(f"\nruns in progress at the kill: {', '.join(in_progress) or 'none'}")
     for run in reversed(instance.get_runs()):
         stats = instance.get_run_stats(run.run_id)
-        took = (stats.end_time or 0) - (stats.start_time or 0)
-        print(f"  run {run.job_name:<24} {run.status.value:<8} {took:5.1f}s  {run.run_id[:8]}")
+        took = (
+            f"{stats.end_time - stats.start_time:5.1f}s"
+            if stats.start_time and stats.end_time
+            else "  ...  "
+        )
+        print(f"  run {run.job_name:<24} {run.status.value:<8} {took}  {run.run_id[:8]}")
     instance.dispose()
     print("production topology timings (s):")
     for name, seconds in timings.items():
@@ -304,7 +323,8 @@ def test_generated_files_point_at_postgres_and_one_code_server_per_location(
     limits = instance["concurrency"]["runs"]["tag_concurrency_limits"]
     for team in ("fraud", "wine"):
         grant = setup.policy.grant(team)
-        assert {"key": TEAM_TAG, "value": team, "limit": grant.max_concurrent_runs} in limits
+        limit = {"key": "dagster/code_location", "value": team, "limit": grant.max_concurrent_runs}
+        assert limit in limits
     # A team's code server holds its own secrets only; the webserver and daemon hold none.
     env = {name: service.env for name, service in setup.services.items()}
     assert "FRAUD_TOKEN" in env["fraud"] and "WINE_TOKEN" not in env["fraud"]

@@ -236,13 +236,14 @@ def test_the_view_serves_only_its_two_locations_and_launches_as_the_policy_says(
             PLATFORM_LOCATION: "RepositoryLocation",
             "wine": "RepositoryLocation",
         }
-        # Another team's job is not there to launch, whatever the mode.
         other = view.launch("fraud", "fraud_pipeline")
-        assert other["__typename"] in {"RepositoryLocationNotFound", "UnauthorizedError"}, other
         launched = view.launch("wine", "wine_pipeline")
         if read_only:
+            assert other["__typename"] == "UnauthorizedError", other
             assert launched["__typename"] == "UnauthorizedError", launched
         else:
+            # Another team's job is not there to launch.
+            assert other["__typename"] == "PipelineNotFoundError", other
             # No daemon runs beside a view: the run waits in the instance's queue.
             assert launched["__typename"] == "LaunchRunSuccess", launched
             assert launched["run"]["status"] == "QUEUED"

@@ -62,16 +62,21 @@ TRAINER = HERE / "chaos_trainer.py"
 DAEMON = HERE / "chaos_daemon.py"
 SEED = int(os.environ.get("CHAOS_SEED", "20260611"))
 
-CHAINS = 240
+CHAINS = 200
 # Submissions are spread over at least this many seconds, and paced by the kills (chain i waits
 # for kill i * kills / CHAINS - 1), so jobs keep ending while the daemon dies, however slowly
 # the machine runs.
 SUBMIT_SECONDS = 60.0
-KILLS = (10, 13)
-# A kill comes this long after a tick of the current daemon returned from the code server.
+KILLS = (10, 12)
+# Most kills come while the daemon stores a tick's events: after this many more events are in
+# the log (counted from the tick's return from the code server, the test's own submissions
+# included). If the tick ends first, and for the other kills, the kill comes this many seconds
+# after the tick returned or ended: while it stores its cursor, sleeps, or evaluates the next.
+KILL_AFTER_EVENTS = (1, 12)
 KILL_GAP_SECONDS = (0.0, 6.0)
-# The share of kills that also kill the code server (restarted on the same port).
-WITH_CODE_SERVER = 1 / 3
+MID_STORE = 2 / 3
+# How many kills also kill the code server (restarted on the same port, which takes longest).
+CODE_SERVER_KILLS = 2
 # Failing chains: on their first attempt only, and on every attempt (~10% in all).
 FAIL_FIRST, FAIL_ALWAYS = 0.05, 0.05
 # Chains whose jobs report a loss per step: the reconciler draws their training curve.
@@ -87,11 +92,11 @@ START_SECONDS = 120.0
 # its handle, and the process died before launching the runner. The job fails and is retried.
 NEVER_STARTED = "did not start within"
 SENSOR_NAME = "chaos_training_reconciler"
-# A tick of the reconciler returned: the lines it logged (printed by the code server as the
-# evaluation returns), or the daemon's own line once it stored the tick's events.
-TICK_RETURNED = re.compile(
-    rf"{SENSOR_NAME} - |Sensor {SENSOR_NAME} skipped|No run requests returned for {SENSOR_NAME}"
-)
+# A tick's evaluation returned with outcomes: the lines the reconciler logged, which the code
+# server prints as the evaluation returns, before the daemon stores the tick's events.
+TICK_EVALUATED = re.compile(rf"{SENSOR_NAME} - ")
+# The daemon's line once it stored a tick's events (the cursor follows).
+TICK_ENDED = re.compile(rf"Sensor {SENSOR_NAME} skipped|No run requests returned for {SENSOR_NAME}")
 CODE_SERVER_STARTED = "Started Dagster code server"
 DANGLING = re.compile(r"Moving dangling STARTED tick (\d+) into SKIPPED")
 
@@ -106,6 +111,14 @@ class Chain:
     fail: str  # "never", "first" or "always"
     metrics: bool
     submit_at: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    """When to kill a daemon: after ``events`` more events are stored, or ``seconds`` after."""
+
+    seconds: float
+    events: int | None
 
 
 @dataclass
@@ -284,24 +297,67 @@ class Daemon(Process):
         )
         self.went = 0.0
         self.first_return: float | None = None
-        self._server_log_from = 0
+        self.server_log_from = 0
 
     def ready(self) -> bool:
         return self.go_file.with_name(self.go_file.name + ".ready").exists()
 
     def go(self, server: Process) -> None:
         self.went = time.monotonic()
-        self._server_log_from = server.size()
+        self.server_log_from = server.size()
         self.go_file.touch()
 
     def ticked(self, server: Process) -> bool:
         """Whether a tick of the reconciler returned since this daemon went."""
         if self.first_return is None and (
-            TICK_RETURNED.search(self.text())
-            or TICK_RETURNED.search(server.text(self._server_log_from))
+            TICK_EVALUATED.search(server.text(self.server_log_from))
+            or TICK_ENDED.search(self.text())
         ):
             self.first_return = time.monotonic()
         return self.first_return is not None
+
+
+class Trigger:
+    """When to kill ``daemon``, which just went: armed by its first tick that returns while the
+    next daemon is ready (its first tick, which stores what ended while no daemon ran, unless the
+    machine is slow), then after ``kill.events`` more stored events if the tick returned with
+    outcomes and the kill is one of those, else ``kill.seconds`` after the tick returned or
+    ended."""
+
+    def __init__(
+        self, kill: Kill, daemon: Daemon, server: Process, stored: Callable[[], int]
+    ) -> None:
+        self.kill, self.daemon, self.server, self.stored = kill, daemon, server, stored
+        # Where the code server's and the daemon's logs stood when watching for a tick began.
+        self.watch: tuple[int, int] | None = (daemon.server_log_from, 0)
+        self.at: float | None = None
+        self.after: int | None = None  # a storage id
+        self.ended_from = 0
+
+    def due(self, next_ready: bool) -> bool:
+        now = time.monotonic()
+        if self.at is None and self.after is None:
+            if not next_ready:
+                self.watch = None
+                return False
+            if self.watch is None:
+                self.watch = (self.server.size(), self.daemon.size())
+                return False
+            evaluated = TICK_EVALUATED.search(self.server.text(self.watch[0]))
+            ended = TICK_ENDED.search(self.daemon.text(self.watch[1]))
+            if evaluated and self.kill.events is not None:
+                self.after = self.stored() + self.kill.events
+                self.ended_from = self.daemon.size()
+            elif evaluated or ended:
+                self.at = now + self.kill.seconds
+            return False
+        if self.after is not None:
+            if self.stored() >= self.after:
+                return True
+            if TICK_ENDED.search(self.daemon.text(self.ended_from)):
+                self.at, self.after = now + self.kill.seconds, None
+            return False
+        return self.at is not None and now >= self.at
 
 
 def _free_port() -> int:
@@ -348,8 +404,14 @@ def test_killing_the_daemon_loses_and_duplicates_nothing(
     rng = random.Random(SEED)
     chains = _plan(rng)
     kills = rng.randint(*KILLS)
-    gaps = [rng.uniform(*KILL_GAP_SECONDS) for _ in range(kills)]
-    with_server = set(rng.sample(range(kills), round(kills * WITH_CODE_SERVER)))
+    gaps = [
+        Kill(
+            seconds=rng.uniform(*KILL_GAP_SECONDS),
+            events=rng.randint(*KILL_AFTER_EVENTS) if rng.random() < MID_STORE else None,
+        )
+        for _ in range(kills)
+    ]
+    with_server = set(rng.sample(range(kills), CODE_SERVER_KILLS))
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(
         json.dumps(
@@ -464,33 +526,39 @@ class Chaos:
                 return
             _submit(self.instance, self.team, self.backend, self.pending.pop(0), self.ml_home)
 
-    def run(self, gaps: list[float], with_server: set[int]) -> dict[str, Any]:
+    def _go(self, waiting: list[Daemon], kills_left: int) -> Daemon:
+        """Start the first waiting daemon (and another in the waiting line if a kill of a later
+        one is planned); return once one of its ticks returned."""
+        daemon = waiting.pop(0)
+        self._wait(daemon.ready, "a daemon", daemon)
+        if len(waiting) < kills_left:
+            waiting.append(self._prestart_daemon())
+        assert self.server is not None
+        daemon.go(self.server)
+        self._wait(functools.partial(daemon.ticked, self.server), "a tick of a daemon", daemon)
+        return daemon
+
+    def _stored(self) -> int:
+        return self.instance.event_log_storage.get_maximum_record_id() or 0
+
+    def run(self, gaps: list[Kill], with_server: set[int]) -> dict[str, Any]:
         """Submit the chains and kill per ``gaps``; return once every chain has ended, or fail
         naming those that have not."""
         total = len(self.chains)
         self.paced = {c.run_id: i * len(gaps) // total - 1 for i, c in enumerate(self.chains)}
         self.server = self._start_server()
-        current = self._prestart_daemon()
-        self._wait(current.ready, "the first daemon", current)
-        current.go(self.server)
-        following: Daemon | None = self._prestart_daemon()
-        kill_at: float | None = None
+        # Two daemons wait their turn, so the next one is ready when a kill is due.
+        waiting = [self._prestart_daemon() for _ in range(min(2, len(gaps) + 1))]
+        current = self._go(waiting, len(gaps))
+        trigger = Trigger(gaps[0], current, self.server, self._stored)
         last_read = 0.0
         while True:
             now = time.monotonic()
             self._submit_due()
             if current.exited() is not None:
                 pytest.fail(f"the daemon exited on its own:\n{current.tail()}")
-            if following is not None:
-                if kill_at is None and current.ticked(self.server):
-                    kill_at = now + gaps[len(self.kill_times)]
-                elif kill_at is None and now - current.went > START_SECONDS:
-                    pytest.fail(
-                        f"no tick returned within {START_SECONDS:.0f} s of the daemon's start:"
-                        f"\n{current.tail()}\n{self.server.tail()}"
-                    )
-                if kill_at is not None and now >= kill_at:
-                    self._wait(following.ready, "the next daemon", following)
+            if len(self.kill_times) < len(gaps):
+                if trigger.due(waiting[0].ready()):
                     killed_at = time.monotonic()
                     current.kill()
                     self.kill_times.append(time.time())
@@ -498,14 +566,11 @@ class Chaos:
                         self.server.kill()
                         self.server_kills += 1
                         self.server = self._start_server()
-                    following.go(self.server)
-                    ticked = functools.partial(following.ticked, self.server)
-                    self._wait(ticked, "a tick of the new daemon", following)
+                    current = self._go(waiting, len(gaps) - len(self.kill_times))
                     self.restarts.append(time.monotonic() - killed_at)
-                    current, kill_at = following, None
-                    following = (
-                        self._prestart_daemon() if len(self.kill_times) < len(gaps) else None
-                    )
+                    if len(self.kill_times) < len(gaps):
+                        kill = gaps[len(self.kill_times)]
+                        trigger = Trigger(kill, current, self.server, self._stored)
             elif not self.pending and now - last_read >= 2.0:
                 last_read = now
                 if len(_finals(read_log(self.instance, self.team))) == total:

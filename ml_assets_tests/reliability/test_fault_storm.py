@@ -302,7 +302,7 @@ def test_every_job_is_created_once_and_materialized_once_through_a_fault_storm(
         planned = submit_jobs(instance, team, ml_home, command, ledger)
         submitted_s = time.monotonic() - started
 
-        daemon = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+        daemon = SensorDriver.of(instance, defs, "clinical_training_reconciler")
         raised: list[tuple[int, str]] = []
         ticks = 0
 

@@ -481,7 +481,7 @@ def test_a_token_read_with_its_files_last_newline_is_never_echoed(
         found += places(secret, "log records of this process", caplog.text.encode())
         assert not found, f"the secret leaked into: {found}"
         assert submitted.success
-        reconciler = SensorDriver(instance, defs.resolve_sensor_def("clinical_training_reconciler"))
+        reconciler = SensorDriver.of(instance, defs, "clinical_training_reconciler")
         reconciler.tick_until(lambda: instance.get_latest_materialization_event(KEYS.trained), 240)
         requests = world.requests()
 

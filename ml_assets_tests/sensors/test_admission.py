@@ -45,11 +45,20 @@ from ml_assets.sensors.admission import (
 from ml_assets.sensors.cancel import build_cancel_job
 from ml_assets.sensors.reconciler import TERMINAL_EVENTS, build_reconciler_sensor
 from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG, KUEUE_QUEUE_LABEL
+from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import TeamSpec
 from ml_assets_tests.sensors.ledger import Ledger, clinical_team, report_model
 
 pytestmark = pytest.mark.timeout(600)
 POOL = "t4"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_instance(request: pytest.FixtureRequest) -> dg.DagsterInstance:
+    """SQLite storage, and a real PostgreSQL server (skipped when none answers)."""
+    name = "sqlite_instance" if request.param == "sqlite" else "postgres_instance"
+    chosen: dg.DagsterInstance = request.getfixturevalue(name)
+    return chosen
 
 
 def write_policy(
@@ -269,11 +278,12 @@ def _check_fair(state: Replay, team: str, entry: str) -> None:
 
 
 def test_three_teams_never_exceed_pool_or_quota_and_share_fairly(
-    instance: dg.DagsterInstance, ml_home: Path, policy_file: Any
+    any_instance: dg.DagsterInstance, ml_home: Path, policy_file: Any
 ) -> None:
     """Three teams queue three times their quota; jobs finish at random, some fail once and
     wait in the queue again; at no event is the pool or a quota exceeded, every job runs
     exactly once, and admissions follow the quota shares."""
+    instance = any_instance
     policy = policy_file({"alpha": 4, "beta": 2, "gamma": 2}, capacity=8)
     alpha = gpu_team("alpha", {"small": 1, "large": 2})
     beta = gpu_team("beta", {"small": 1})
@@ -406,6 +416,33 @@ def test_a_crash_mid_admission_admits_nothing_twice(
             assert set(cluster.states) == set(state.queued)
 
 
+def test_a_lost_cursor_is_rebuilt_in_bounded_ticks_before_anything_is_admitted(
+    instance: dg.DagsterInstance, ml_home: Path, policy_file: Any
+) -> None:
+    """With its cursor lost, the sensor reads the log a few records a tick and admits nothing
+    until it has read to the end; then it knows the pool is full."""
+    policy = policy_file({"alpha": 2}, capacity=2)
+    alpha = gpu_team("alpha", {"small": 1})
+    for _ in range(5):
+        enqueue(instance, alpha, "small", ml_home)
+    SensorDriver(instance, build_admission_sensor()).tick()  # admits 2: the pool is full
+    cluster = Cluster()
+    reconciler = SensorDriver(instance, build_reconciler_sensor(alpha, backends={"local": cluster}))
+    reconciler.tick()
+    rebuilt = SensorDriver(instance, build_admission_sensor(max_scan=2))  # no cursor
+    # 10 records: 5 queued, 2 admitted, 1 status, 2 submitted; 2 read a tick.
+    emitted = [[e.tags[EVENT_TAG] for e in rebuilt.tick().asset_events] for _ in range(6)]
+    assert emitted[:5] == [[]] * 5
+    assert emitted[5] == [QUEUE_STATUS]  # read to the end: the pool is full, nobody admitted
+    assert replay(instance, [alpha], policy).admitted.total() == 2
+    cluster.succeed(next(iter(cluster.states)))
+    reconciler.tick()
+    rebuilt.tick()
+    state = replay(instance, [alpha], policy)
+    assert state.admitted.total() == 3 and set(state.admitted.values()) == {1}
+    assert state.violations == []
+
+
 def test_a_crash_mid_submission_submits_each_admitted_job_once(
     tmp_path: Path, ml_home: Path, policy_file: Any
 ) -> None:
@@ -528,7 +565,9 @@ def test_a_waiting_job_says_so_on_its_asset_and_its_run_ends_at_once(
         )
     )
     started = time.monotonic()
-    result = dg.materialize([build_training_asset(model)], instance=instance)
+    result = dg.materialize(
+        [build_training_asset(model)], instance=instance, resources=team_resources(alpha)
+    )
     took = time.monotonic() - started
     assert result.success
     [queued] = [
@@ -582,7 +621,10 @@ def test_cancel_takes_a_queued_job_out_of_the_queue(
 
     def cancel_job(job_id: str) -> None:
         config = {"ops": {"alpha_cancel_training_op": {"config": {"job_id": job_id}}}}
-        assert cancel.execute_in_process(instance=instance, run_config=config).success
+        resources = team_resources(alpha)
+        assert cancel.execute_in_process(
+            instance=instance, run_config=config, resources=resources
+        ).success
 
     first, waiting = (enqueue(instance, alpha, "small", ml_home) for _ in range(2))
     admission.tick()

@@ -26,6 +26,7 @@ from ml_assets.sensors.reconciler import (
     build_reconciler_sensor,
 )
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
+from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import RetrySpec, TeamSpec, load_team_spec
 
 pytestmark = pytest.mark.timeout(180)
@@ -111,7 +112,12 @@ def launch(
     if config:
         op_name = next(iter(job.graph.node_dict))
         run_config = {"ops": {op_name: {"config": config}}}
-    return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+        resources=team_resources(clinical()),
+    )
 
 
 def failure(result: dg.ExecuteInProcessResult) -> str:
@@ -170,7 +176,7 @@ def test_cancel_with_the_default_config_cancels_the_job_in_flight(
 ) -> None:
     team = clinical()
     handle = submit(instance, team, ml_home, SLEEPER)
-    daemon = SensorDriver(instance, build_reconciler_sensor(team))
+    daemon = SensorDriver(instance, build_reconciler_sensor(team), team_resources(team))
     daemon.tick()
     result = launch(build_cancel_job(team), instance)
     assert result.success
@@ -187,7 +193,7 @@ def test_cancel_of_a_job_that_is_not_in_flight_says_so(
 ) -> None:
     team = clinical()
     handle = submit(instance, team, ml_home, WRITE_RESULT)
-    SensorDriver(instance, build_reconciler_sensor(team)).tick_until(
+    SensorDriver(instance, build_reconciler_sensor(team), team_resources(team)).tick_until(
         lambda: events(instance, MATERIALIZED)
     )
     message = failure(launch(build_cancel_job(team), instance, job_id=handle.job_id))
@@ -206,7 +212,7 @@ def test_retry_resubmits_a_job_that_failed_for_good_once_and_the_reconciler_take
 ) -> None:
     team = clinical(max_attempts=1)
     first = submit(instance, team, ml_home, fail_once(ml_home))
-    daemon = SensorDriver(instance, build_reconciler_sensor(team))
+    daemon = SensorDriver(instance, build_reconciler_sensor(team), team_resources(team))
     daemon.tick_until(lambda: events(instance, FAILED))
     assert job_ids(instance, SUBMITTED) == [first.job_id]  # max_attempts 1: not retried
 
@@ -249,7 +255,7 @@ def test_retry_of_a_job_that_succeeded_or_is_in_flight_fails_with_the_reason(
 ) -> None:
     team = clinical()
     done = submit(instance, team, ml_home, WRITE_RESULT)
-    daemon = SensorDriver(instance, build_reconciler_sensor(team))
+    daemon = SensorDriver(instance, build_reconciler_sensor(team), team_resources(team))
     daemon.tick_until(lambda: events(instance, MATERIALIZED))
     retry = build_retry_job(team)
 
@@ -270,7 +276,7 @@ def test_retry_by_default_leaves_a_failure_alone_once_a_newer_job_was_submitted(
 ) -> None:
     team = clinical(max_attempts=1)
     failed = submit(instance, team, ml_home, "raise SystemExit('bad data')")
-    SensorDriver(instance, build_reconciler_sensor(team)).tick_until(
+    SensorDriver(instance, build_reconciler_sensor(team), team_resources(team)).tick_until(
         lambda: events(instance, FAILED)
     )
     newer = submit(instance, team, ml_home, SLEEPER)  # e.g. "Materialize" clicked again

@@ -6,7 +6,7 @@
   ``runs/list`` (newest first; ``run_type``, ``start_time_from``/``to``, ``active_only``,
   ``completed_only``; ``limit`` 1-25 with ``next_page_token`` pages), ``runs/get``,
   ``runs/get-output`` (of a task run; stdout once the run has ended) and ``runs/cancel``;
-* Clusters API 2.0 ``list-node-types`` and ``spark-versions``: the node types and runtimes this
+* Clusters API 2.0/2.1 ``list-node-types`` and ``spark-versions``: the node types and runtimes this
   workspace offers (``databricks_rules.NODE_TYPES``/``SPARK_VERSIONS``);
 * DBFS API 2.0 ``get-status``, ``create``/``add-block``/``close``, ``put``, ``read`` (offset,
   length, base64 data), ``mkdirs`` and ``delete``, backed by a local directory.
@@ -71,7 +71,7 @@ MAX_BLOCK = 1024 * 1024
 MAX_OUTPUT = 5 * 1024 * 1024
 _JOBS = r"/api/2\.[12]/jobs/runs"
 _DBFS = "/api/2.0/dbfs"
-_CLUSTERS = "/api/2.0/clusters"
+_CLUSTERS = r"/api/2\.[01]/clusters"
 
 # ProcessJobs states -> Databricks (life_cycle_state, result_state, state_message).
 _STATES: dict[str, tuple[str, str | None, str]] = {

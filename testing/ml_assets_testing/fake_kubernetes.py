@@ -483,6 +483,7 @@ class FakeKubernetes(LoopbackServer):
     Attributes:
         processes: the pods' processes (keyed ``<job uid>/<pod number>``).
         created: how many times each ``namespace/name`` was created (a re-run shows as 2).
+        warnings: the ``Warning`` texts of every create (unknown or duplicate fields dropped).
         local_queues: Kueue's LocalQueues and how many unfinished Jobs each admits at once.
     """
 
@@ -513,6 +514,7 @@ class FakeKubernetes(LoopbackServer):
         self.local_queues = None if local_queues is None else dict(local_queues)
         self.kueue_auto_admit = kueue_auto_admit
         self.created: Counter[str] = Counter()
+        self.warnings: list[str] = []
         self._jobs: dict[tuple[str, str], FakeJob] = {}
         self._pods: dict[tuple[str, str], FakeJob] = {}  # (namespace, pod name) -> its job
         self._state_lock = threading.RLock()
@@ -571,7 +573,11 @@ class FakeKubernetes(LoopbackServer):
         return KubernetesBackendResource(**values)
 
     def kubeconfig(self, path: Path, namespace: str = "ml-jobs") -> Path:
-        """Write a kubeconfig for this fake (its token, if any) to ``path``, for ``kubectl``."""
+        """Write a kubeconfig for this fake to ``path``, for ``kubectl``.
+
+        kubectl (client-go) sends no bearer token to a plain ``http://`` server, so a fake with
+        a ``token`` answers it 401; start the fake without one for kubectl.
+        """
         user: dict[str, Any] = {"token": self.token} if self.token else {}
         config = {
             "apiVersion": "v1",
@@ -602,6 +608,13 @@ class FakeKubernetes(LoopbackServer):
         """The manifest a Job was created with, as stored (server fields included)."""
         with self._state_lock:
             return self._jobs[(namespace, name)].manifest
+
+    def job_process(self, namespace: str, name: str) -> ProcessJob | None:
+        """The process of the Job's current pod (``None`` if the Job is gone or has no pod)."""
+        with self._state_lock:
+            job = self._jobs.get((namespace, name))
+            process_id = job.process_id if job is not None else None
+        return self.processes.get(process_id) if process_id else None
 
     def admit(self, namespace: str, name: str) -> bool:
         """Admit a suspended Job now, as Kueue does when its queue has room: unsuspend it so
@@ -918,6 +931,8 @@ class FakeKubernetes(LoopbackServer):
                     "context deadline exceeded",
                 )
             answer = Response(201, self._job_json(job))
+        if warnings and directive != "Ignore":
+            self.warnings += warnings
         if warnings and directive == "Warn":
             answer.headers["Warning"] = ", ".join(
                 f"299 - {json.dumps(warning)}" for warning in warnings
