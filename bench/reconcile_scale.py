@@ -234,10 +234,11 @@ def submit_jobs(
         submission_event,
         submit,
     )
+    from ml_assets.backends import backend_resource
 
     model = ModelContext(team, MODEL)
     version = code_version(TRAINING_LOGIC_VERSION, model.spec.trainer.model_dump())
-    storage_root = team.storage_root("kubernetes")
+    storage_root = backend_resource("kubernetes", team.backends.get("kubernetes")).storage_root
     tag = uuid.uuid4().hex[:8]
 
     def one(index: int) -> Any:
@@ -507,7 +508,7 @@ def main() -> None:
 
     # The reconciler logs a line per job it records; the table is what this prints.
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    from ml_assets.backends.kubernetes import KubernetesBackendResource
+    from ml_assets.backends.kubernetes import KubernetesSettings
     from ml_assets.sensors.reconciler import build_reconciler_sensor
     from ml_assets.teams.spec import load_team_spec
 
@@ -536,7 +537,7 @@ def main() -> None:
     try:
         with storage_cm as storage:
             settings_dict = fake.ask("settings", str(scratch / "storage"))
-            settings = KubernetesBackendResource(**settings_dict)
+            settings = KubernetesSettings(**settings_dict)
             team = load_team_spec(team_yaml(scratch / "clinical", "clinical", settings_dict))
             features = scratch / "features.parquet"
             features.write_bytes(b"not read: the jobs never run")

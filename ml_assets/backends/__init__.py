@@ -1,7 +1,8 @@
 """Compute backends: one module per backend behind the ``Backend`` protocol in ``base``.
 
-``BACKENDS`` maps the name a team writes in its YAML to the ``BackendResource`` that holds the
-backend's typed settings and builds it. Modules are imported only when a backend is used, and
+``BACKENDS`` maps the name a team writes in its YAML to the ``BackendSettings`` class that
+validates the backend's settings and builds it; a location holds each backend as a
+``BackendResource`` (``<name>_backend``). Modules are imported only when a backend is used, and
 each SDK only inside its backend, so a team location never pays for SDKs it does not use.
 """
 
@@ -14,26 +15,44 @@ from ml_assets.plugins import plugin_class
 if TYPE_CHECKING:
     from ml_assets.backends.base import Backend
     from ml_assets.backends.resource import BackendResource
+    from ml_assets.backends.settings import BackendSettings
 
 BACKENDS: dict[str, str] = {
-    "local": "ml_assets.backends.resource:LocalBackendResource",
-    "kubernetes": "ml_assets.backends.kubernetes:KubernetesBackendResource",
-    "sagemaker": "ml_assets.backends.sagemaker:SageMakerBackendResource",
-    "vertex": "ml_assets.backends.vertex:VertexBackendResource",
-    "databricks": "ml_assets.backends.databricks:DatabricksBackendResource",
+    "local": "ml_assets.backends.settings:LocalSettings",
+    "kubernetes": "ml_assets.backends.kubernetes:KubernetesSettings",
+    "sagemaker": "ml_assets.backends.sagemaker:SageMakerSettings",
+    "vertex": "ml_assets.backends.vertex:VertexSettings",
+    "databricks": "ml_assets.backends.databricks:DatabricksSettings",
 }
 
 
-def backend_resource(name: str, settings: dict[str, Any] | None = None) -> BackendResource:
-    """The resource for backend ``name`` from its YAML settings (``{env: X}`` → ``EnvVar``).
+def backend_settings(name: str, settings: dict[str, Any] | None = None) -> BackendSettings:
+    """Backend ``name``'s settings from its YAML, checked without reading the environment: an
+    ``{env: X}`` value stands as the name ``X``.
 
     Raises pydantic's ``ValidationError`` for settings that do not fit the backend.
     """
-    from ml_assets.backends.resource import with_env_vars
+    from ml_assets.backends.settings import with_env_refs
 
     cls = plugin_class(BACKENDS, name, "backend")
-    resource: BackendResource = cls(**with_env_vars(settings or {}))
-    return resource
+    checked: BackendSettings = cls(**with_env_refs(settings or {}))
+    return checked
+
+
+def configured_settings(name: str, settings: dict[str, Any] | None = None) -> BackendSettings:
+    """Backend ``name``'s settings with every ``{env: X}`` read from the environment."""
+    from ml_assets.backends.settings import with_env_values
+
+    cls = plugin_class(BACKENDS, name, "backend")
+    configured: BackendSettings = cls(**with_env_values(settings or {}, f"backends.{name}"))
+    return configured
+
+
+def backend_resource(name: str, settings: dict[str, Any] | None = None) -> BackendResource:
+    """The Dagster resource of backend ``name``, holding its YAML settings as written."""
+    from ml_assets.backends.resource import BackendResource
+
+    return BackendResource(backend=name, settings=dict(settings or {}))
 
 
 def backend_resource_key(name: str) -> str:
@@ -52,13 +71,4 @@ def resource_backend(resources: Any, name: str) -> Backend:
 
 def load_backend(name: str, settings: dict[str, Any] | None = None) -> Backend:
     """The ready-to-use backend ``name``, its ``{env: X}`` settings read from the environment."""
-    return configured_resource(name, settings).get_backend()
-
-
-def configured_resource(name: str, settings: dict[str, Any] | None = None) -> BackendResource:
-    """The resource for backend ``name`` with environment variables already read."""
-    from ml_assets.backends.resource import with_env_values
-
-    cls = plugin_class(BACKENDS, name, "backend")
-    resource: BackendResource = cls(**with_env_values(settings or {}, f"backends.{name}"))
-    return resource
+    return configured_settings(name, settings).get_backend()

@@ -68,7 +68,7 @@ from pydantic import Field, field_validator
 from ml_assets.backends import remote
 from ml_assets.backends.base import HandleDetails, JobHandle, JobSpec, JobState
 from ml_assets.backends.remote import NativeJob, RemoteBackend
-from ml_assets.backends.resource import MachineBackendResource
+from ml_assets.backends.settings import MachineSettings
 from ml_assets.backends.shapes import MachineShape, family
 from ml_assets.tags import RESOURCE_JOB_TAG, RESOURCE_KEY_TAG, RESOURCE_MODEL_TAG, RESOURCE_TEAM_TAG
 
@@ -118,7 +118,7 @@ NODE_TYPES: tuple[MachineShape, ...] = (
 )
 
 
-class DatabricksBackendResource(MachineBackendResource):
+class DatabricksSettings(MachineSettings):
     """Settings of the Databricks backend (a team YAML's ``backends: {databricks: {...}}``)."""
 
     host: str | None = Field(
@@ -218,7 +218,7 @@ def spark_python_task(spec: JobSpec) -> dict[str, Any]:
     return task
 
 
-def build_submit_request(spec: JobSpec, settings: DatabricksBackendResource) -> dict[str, Any]:
+def build_submit_request(spec: JobSpec, settings: DatabricksSettings) -> dict[str, Any]:
     """The ``runs/submit`` body for ``spec``: one task on a new single-node cluster (see the
     module docstring for the task's shape)."""
     resources = spec.resources
@@ -305,7 +305,7 @@ class DatabricksBackend(RemoteBackend[DatabricksDetails]):
         "TERMINATED/CANCELED": JobState.CANCELLED,
     }
 
-    def __init__(self, settings: DatabricksBackendResource) -> None:
+    def __init__(self, settings: DatabricksSettings) -> None:
         super().__init__(settings.retry_policy())
         self.settings = settings
 

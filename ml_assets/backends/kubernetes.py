@@ -63,7 +63,7 @@ from ml_assets.backends.base import (
     label_problems,
 )
 from ml_assets.backends.remote import JobExists, KeyConflict, NativeJob, RemoteBackend
-from ml_assets.backends.resource import RemoteBackendResource
+from ml_assets.backends.settings import RemoteSettings
 from ml_assets.backends.shapes import normalize_gpu_type
 from ml_assets.tags import (
     KUBERNETES_KEY_ANNOTATION,
@@ -120,7 +120,7 @@ class KubernetesDetails(HandleDetails):
     namespace: str | None = None
 
 
-class KubernetesBackendResource(RemoteBackendResource):
+class KubernetesSettings(RemoteSettings):
     """Settings of the Kubernetes backend (``backends: {kubernetes: {...}}`` in a team's YAML).
 
     The API server is ``host`` (with ``token``) when given, else the ``kubeconfig``/``context``
@@ -281,7 +281,7 @@ def pod_placement(
     return placement
 
 
-def build_job_body(spec: JobSpec, settings: KubernetesBackendResource) -> dict[str, Any]:
+def build_job_body(spec: JobSpec, settings: KubernetesSettings) -> dict[str, Any]:
     """The ``batch/v1`` Job manifest that runs ``spec`` (plain JSON, no client objects).
 
     Raises ``ValueError`` for an unknown GPU type, a bad label key, or a
@@ -371,7 +371,7 @@ def native_job(item: Mapping[str, Any]) -> NativeJob:
     return NativeJob("Created", "waiting for the job controller to create its pod", key=key)
 
 
-def client_configuration(settings: KubernetesBackendResource) -> Any:
+def client_configuration(settings: KubernetesSettings) -> Any:
     """A ``kubernetes.client.Configuration`` for ``settings``.
 
     urllib3's own retries are off: every call runs under the backend's retry policy, so a
@@ -431,7 +431,7 @@ class KubernetesBackend(RemoteBackend[KubernetesDetails]):
     }
     lists_every_job = True
 
-    def __init__(self, settings: KubernetesBackendResource) -> None:
+    def __init__(self, settings: KubernetesSettings) -> None:
         from kubernetes import client
 
         super().__init__(settings.retry_policy())

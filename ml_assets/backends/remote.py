@@ -2,8 +2,8 @@
 over a few hooks, one ``RetryPolicy``, typed handle details), the container's command and env,
 and a finished job's status.
 
-Adding a backend is one module: a ``HandleDetails`` subclass, a ``RemoteBackendResource`` (or
-``MachineBackendResource``) subclass for its settings, and a ``RemoteBackend`` subclass with its
+Adding a backend is one module: a ``HandleDetails`` subclass, a ``RemoteSettings`` (or
+``MachineSettings``) subclass for its settings, and a ``RemoteBackend`` subclass with its
 ``states`` table and the hooks ``prepare``, ``find``, ``create``, ``list_jobs``, ``get_job``,
 ``stop`` and ``is_transient``; then a line in ``BACKENDS`` and a loopback fake for its tests.
 

@@ -1,198 +1,51 @@
-"""Backends as Dagster resources: typed settings from a team's YAML, secrets only via EnvVar.
+"""A compute backend as a Dagster resource: ``<name>_backend`` in a team's location.
 
-A team's ``backends:`` section holds one mapping per backend; each is validated by that
-backend's ``BackendResource`` subclass when the location loads, and a value written as
-``{env: NAME}`` becomes ``dg.EnvVar("NAME")``, read from the environment only when the backend
-is built, so it never appears in the YAML, the UI or metadata.
+The resource holds the backend's name and its settings as the team's YAML writes them, an
+``{env: NAME}`` value included as written: the UI shows which variable a setting reads, never
+its value. The settings are validated by the backend's ``BackendSettings`` class when the spec
+loads, and the environment is read only when a step or sensor builds the backend
+(``get_backend``), by ``with_env_values``, the one reader of ``{env:}`` values.
+
+A test or a deployment swaps a backend by giving the location another resource under the same
+key: any resource with ``get_backend()`` (and ``storage_root``) serves.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, model_validator
 
-from ml_assets.backends.base import Backend, Resources
-from ml_assets.backends.remote import RetryPolicy
-from ml_assets.backends.shapes import MachineShape, smallest_fit
-
-
-class UnknownSettings(ValueError):
-    """Settings a backend does not take: ``names`` (sorted), with ``known``, the ones it takes."""
-
-    def __init__(self, backend: str, names: list[str], known: list[str]) -> None:
-        super().__init__(
-            f"unknown settings for {backend}: {', '.join(names)}; it takes: " + ", ".join(known)
-        )
-        self.names = names
-        self.known = known
+from ml_assets.backends.base import Backend
 
 
 class BackendResource(dg.ConfigurableResource):
-    """Settings of one compute backend. ``get_backend`` builds the ``Backend`` object.
+    """One compute backend: its name in ``ml_assets.backends.BACKENDS`` and its settings."""
 
-    A setting the class does not declare is refused when the resource is built, whatever its
-    value: a Dagster resource would otherwise ignore a misspelt scalar (the backend then runs
-    with the default) and fail on a list or mapping with a dump of its config type.
-    """
-
-    @classmethod
-    def setting_names(cls) -> list[str]:
-        """The settings the backend takes, in the order the class declares them."""
-        return [field.alias or name for name, field in cls.model_fields.items()]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_settings(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = cls.setting_names()
-            unknown = sorted(str(key) for key in data if key not in known)
-            if unknown:
-                raise UnknownSettings(cls.__name__, unknown, known)
-        return data
-
-    def get_backend(self) -> Backend:
-        raise NotImplementedError
-
-
-class RemoteBackendResource(BackendResource):
-    """The settings every remote backend shares, under the same names everywhere.
-
-    Every call to the service runs under one ``RetryPolicy`` built from ``max_attempts``,
-    ``retry_backoff_seconds`` and ``retry_timeout_seconds``; ``request_timeout_seconds`` bounds
-    one HTTP request. Durations end in ``_seconds`` in every backend's settings.
-    """
-
-    sync_seconds: float = Field(
-        10.0, gt=0, description="How often a running staged job uploads its log and messages."
-    )
-    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one API call.")
-    max_attempts: int = Field(
-        5,
-        ge=1,
-        description="Attempts per API call (the first included) on throttling, 5xx or "
-        "a lost connection.",
-    )
-    retry_backoff_seconds: float = Field(
-        0.5,
-        ge=0,
-        description="Wait before the second attempt; it doubles each time (30 s at most).",
-    )
-    retry_timeout_seconds: float = Field(
-        120.0, gt=0, description="Longest time one call is retried."
-    )
-
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            backoff_seconds=self.retry_backoff_seconds,
-            timeout_seconds=self.retry_timeout_seconds,
-        )
-
-
-class MachineBackendResource(RemoteBackendResource):
-    """Settings of a remote backend whose jobs run on machines from a table of shapes."""
-
-    machine_types: dict[str, str] = Field(
+    backend: str = Field(description="The backend's name, e.g. kubernetes.")
+    settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="Machine overrides: 'cpu' or '<gpu_type>:<count>' -> the service's name for "
-        "a machine type (instance or node type).",
+        description="The team's backends.<name> section as written; {env: NAME} is read when "
+        "the backend is built.",
     )
-    default_gpu_type: str = Field("t4", description="GPU type of a job that names none.")
 
-    def machine(
-        self, table: tuple[MachineShape, ...], resources: Resources, where: str
-    ) -> MachineShape:
-        """The smallest shape of ``table`` for ``resources``, overrides first."""
-        return smallest_fit(
-            table,
-            resources,
-            where=where,
-            overrides=self.machine_types,
-            default_gpu_type=self.default_gpu_type,
-        )
+    @model_validator(mode="after")
+    def _settings_fit(self) -> BackendResource:
+        from ml_assets.backends import backend_settings
 
-
-class LocalBackendResource(BackendResource):
-    """Jobs as detached processes on the machine that runs the Dagster step."""
-
-    python_executable: str | None = None
-    start_timeout_seconds: float = Field(
-        10.0, gt=0, description="How long a submitted job may show no runner before it fails."
-    )
-    cancel_grace_seconds: float = Field(
-        5.0, ge=0, description="How long cancel waits after SIGTERM before SIGKILL."
-    )
-    pass_env: list[str] = Field(
-        default_factory=list,
-        description="Variables of the submitting process that jobs get besides the basics "
-        "(path, locale, Python, GPU); nothing else, no credentials, reaches a local job.",
-    )
+        backend_settings(self.backend, self.settings)  # a ValidationError naming the setting
+        return self
 
     def get_backend(self) -> Backend:
-        from ml_assets.backends.local import LocalBackend
+        from ml_assets.backends import configured_settings
 
-        return LocalBackend(
-            python_executable=self.python_executable,
-            start_timeout_seconds=self.start_timeout_seconds,
-            cancel_grace_seconds=self.cancel_grace_seconds,
-            pass_env=self.pass_env,
-        )
+        return configured_settings(self.backend, self.settings).get_backend()
 
+    @property
+    def storage_root(self) -> str | None:
+        """Where the backend keeps job inputs and outputs, if it has object storage."""
+        from ml_assets.backends import configured_settings
 
-def _replace_env(value: Any, replace: Callable[[str, str], Any], where: str = "") -> Any:
-    """``value`` with every ``{env: NAME}`` mapping in it replaced by ``replace(NAME, where)``,
-    ``where`` being the dotted path of the setting."""
-    if isinstance(value, dict):
-        if set(value) == {"env"} and isinstance(value["env"], str):
-            return replace(value["env"], where)
-        return {
-            key: _replace_env(item, replace, f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_replace_env(item, replace, where) for item in value]
-    return value
-
-
-def with_env_vars(value: Any) -> Any:
-    """Turn every ``{env: NAME}`` mapping in a YAML value into ``dg.EnvVar("NAME")``."""
-    return _replace_env(value, lambda name, _where: dg.EnvVar(name))
-
-
-class MissingEnvironmentVariable(KeyError):
-    """A setting written ``{env: NAME}`` whose variable is not set."""
-
-
-class UnusableEnvironmentVariable(ValueError):
-    """A setting written ``{env: NAME}`` whose value no client could send as it is."""
-
-
-def with_env_values(value: Any, where: str = "") -> Any:
-    """Every ``{env: NAME}`` in a YAML value replaced by the variable's value, read now.
-
-    Building a backend this way needs no Dagster context; a missing variable is an error that
-    names it and the setting. Surrounding whitespace is dropped, and a value with a control
-    character left inside is refused, naming the variable and never showing the value.
-    """
-
-    def read(name: str, setting: str) -> str:
-        if name not in os.environ:
-            raise MissingEnvironmentVariable(
-                f"setting {setting or '<root>'} reads environment variable {name}, which is not set"
-            )
-        # A secret put in the environment from a file (a mounted Secret, an env file) often
-        # keeps the file's last newline. HTTP clients refuse such a header and quote it whole,
-        # secret and all, in an error that the failed step would then record.
-        value = os.environ[name].strip()
-        if any(char < " " or char == "\x7f" for char in value):
-            raise UnusableEnvironmentVariable(
-                f"setting {setting or '<root>'} reads environment variable {name}, whose value "
-                "holds a control character (a line break, a tab...); the value is not shown"
-            )
-        return value
-
-    return _replace_env(value, read, where)
+        root = getattr(configured_settings(self.backend, self.settings), "storage_root", None)
+        return str(root) if root else None

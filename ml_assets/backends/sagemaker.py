@@ -68,7 +68,7 @@ from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import HandleDetails, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.backends.remote import JobExists, NativeJob, RemoteBackend
-from ml_assets.backends.resource import MachineBackendResource
+from ml_assets.backends.settings import MachineSettings
 from ml_assets.backends.shapes import MachineShape, family, known_gpu_types
 
 NAME = "sagemaker"
@@ -143,7 +143,7 @@ _BOOTSTRAP = (
 )
 
 
-class SageMakerBackendResource(MachineBackendResource):
+class SageMakerSettings(MachineSettings):
     """Settings of the SageMaker backend, from a team's ``backends: {sagemaker: {...}}``.
 
     The AWS connection fields are those of dagster-aws's ``ResourceWithBoto3Configuration``
@@ -269,7 +269,7 @@ def training_job_tags(spec: JobSpec) -> list[dict[str, str]]:
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
-def build_training_job_request(spec: JobSpec, settings: SageMakerBackendResource) -> dict[str, Any]:
+def build_training_job_request(spec: JobSpec, settings: SageMakerSettings) -> dict[str, Any]:
     """The ``CreateTrainingJob`` arguments for ``spec``; no network, no SDK."""
     if transport.scheme_of(spec.output_uri) != "s3":
         raise ValueError(
@@ -383,7 +383,7 @@ class SageMakerBackend(RemoteBackend[SageMakerDetails]):
         **{f"Stopped/{reason}": JobState.FAILED for reason in _STOPPED_BY_LIMIT},
     }
 
-    def __init__(self, settings: SageMakerBackendResource, client: Any) -> None:
+    def __init__(self, settings: SageMakerSettings, client: Any) -> None:
         super().__init__(settings.retry_policy())
         self.settings = settings
         self._client = client

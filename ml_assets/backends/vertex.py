@@ -62,7 +62,7 @@ from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import HandleDetails, JobHandle, JobSpec, JobState, Resources
 from ml_assets.backends.remote import KeyConflict, NativeJob, RemoteBackend
-from ml_assets.backends.resource import MachineBackendResource
+from ml_assets.backends.settings import MachineSettings
 from ml_assets.backends.shapes import (
     MachineShape,
     normalize_gpu_type,
@@ -129,7 +129,7 @@ ACCELERATORS: dict[str, str] = {
 """GPU short name -> Vertex AI ``AcceleratorType``."""
 
 
-class VertexBackendResource(MachineBackendResource):
+class VertexSettings(MachineSettings):
     """Settings of the Vertex AI backend (a team YAML's ``backends: {vertex: {...}}``)."""
 
     project: str = Field(description="Google Cloud project that owns the CustomJobs.")
@@ -203,7 +203,7 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     return labels
 
 
-def machine_spec(resources: Resources, settings: VertexBackendResource) -> dict[str, Any]:
+def machine_spec(resources: Resources, settings: VertexSettings) -> dict[str, Any]:
     """The CustomJob ``machine_spec`` for ``resources`` (see the module docstring's table)."""
     gpu_type = requested_gpu_type(resources, settings.default_gpu_type)
     accelerators = ACCELERATORS | {
@@ -225,7 +225,7 @@ def machine_spec(resources: Resources, settings: VertexBackendResource) -> dict[
     }
 
 
-def build_custom_job(spec: JobSpec, settings: VertexBackendResource) -> dict[str, Any]:
+def build_custom_job(spec: JobSpec, settings: VertexSettings) -> dict[str, Any]:
     """The CustomJob for ``spec`` as a proto3 JSON mapping (proto field names); no network."""
     env = remote.container_env(spec)
     job_spec: dict[str, Any] = {
@@ -369,7 +369,7 @@ class VertexBackend(RemoteBackend[VertexDetails]):
     }
 
     def __init__(
-        self, settings: VertexBackendResource, job_client: Any = None, storage_client: Any = None
+        self, settings: VertexSettings, job_client: Any = None, storage_client: Any = None
     ) -> None:
         super().__init__(settings.retry_policy())
         self.settings = settings

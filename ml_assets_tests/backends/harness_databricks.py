@@ -15,7 +15,7 @@ from ml_assets_testing.harness import BackendHarness
 from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec
-from ml_assets.backends.databricks import DatabricksBackendResource
+from ml_assets.backends.databricks import DatabricksSettings
 
 STORAGE_ROOT = "dbfs:/ml_assets/contract"
 WHEEL = "/Volumes/main/ml_assets/wheels/ml_assets-0.1.0-py3-none-any.whl"
@@ -45,10 +45,10 @@ def point_sdk_at(fake: FakeDatabricks, monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(transport, "_cache", {})
 
 
-def settings_for(fake: FakeDatabricks, **settings: Any) -> DatabricksBackendResource:
+def settings_for(fake: FakeDatabricks, **settings: Any) -> DatabricksSettings:
     """Backend settings that reach ``fake``, with the contract's storage root and wheel."""
     defaults: dict[str, Any] = {"storage_root": STORAGE_ROOT, "wheel": WHEEL, "sync_seconds": 0.5}
-    return DatabricksBackendResource(**fake.backend_settings(**{**defaults, **settings}))
+    return DatabricksSettings(**fake.backend_settings(**{**defaults, **settings}))
 
 
 def compiled_job_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

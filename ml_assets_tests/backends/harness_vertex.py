@@ -13,7 +13,7 @@ from ml_assets_testing.harness import BackendHarness
 from ml_assets import transport
 from ml_assets.backends import remote
 from ml_assets.backends.base import JobSpec
-from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
+from ml_assets.backends.vertex import VertexBackend, VertexSettings
 
 BUCKET = "ml-assets-contract"
 STORAGE_ROOT = f"gs://{BUCKET}/root"
@@ -39,7 +39,7 @@ def vertex_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
         # transport keeps one GCS client per process, bound to the emulator it first saw.
         monkeypatch.setattr(transport, "_cache", {})
-        settings = VertexBackendResource(
+        settings = VertexSettings(
             **fake.backend_settings(storage_root=STORAGE_ROOT, sync_seconds=0.5)
         )
 

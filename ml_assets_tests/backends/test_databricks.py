@@ -22,7 +22,7 @@ from ml_assets.backends.base import JobSpec, JobState, Resources
 from ml_assets.backends.databricks import (
     NODE_TYPES,
     DatabricksBackend,
-    DatabricksBackendResource,
+    DatabricksSettings,
     build_submit_request,
     idempotency_token,
 )
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = DatabricksBackendResource(
+SETTINGS = DatabricksSettings(
     storage_root=STORAGE_ROOT, wheel="/Volumes/main/ml/wheels/ml_assets-0.1-py3-none-any.whl"
 )
 
@@ -177,7 +177,7 @@ def test_no_wheel_setting_means_no_library() -> None:
     ],
 )
 def test_a_wheel_in_a_volume_the_workspace_or_cloud_storage_is_taken(wheel: str) -> None:
-    settings = DatabricksBackendResource(wheel=wheel)
+    settings = DatabricksSettings(wheel=wheel)
     assert build_submit_request(spec_with(), settings)["tasks"][0]["libraries"] == [{"whl": wheel}]
 
 
@@ -195,7 +195,7 @@ def test_a_dbfs_root_wheel_is_refused_when_the_settings_load(wheel: str) -> None
 
 
 def test_the_default_wheel_is_a_unity_catalog_volume_path() -> None:
-    wheel = DatabricksBackendResource().wheel
+    wheel = DatabricksSettings().wheel
     assert wheel is not None and wheel.startswith("/Volumes/") and wheel.endswith(".whl")
     assert len(wheel.split("/")) >= 6  # /Volumes/<catalog>/<schema>/<volume>/<file>
 
@@ -235,7 +235,7 @@ def test_unknown_gpu_type_names_the_known_ones() -> None:
 
 
 def node_type_for(resources: Resources, overrides: dict[str, str] | None = None) -> str:
-    settings = DatabricksBackendResource(machine_types=overrides or {})
+    settings = DatabricksSettings(machine_types=overrides or {})
     return settings.machine(NODE_TYPES, resources, "Databricks").name
 
 
@@ -441,7 +441,7 @@ def test_yaml_settings_build_the_backend_with_the_token_from_env(
 
     from databricks.sdk.errors import Unauthenticated
 
-    wrong = DatabricksBackendResource(host=fake.url, token="not-the-token").get_backend()
+    wrong = DatabricksSettings(host=fake.url, token="not-the-token").get_backend()
     with pytest.raises(Unauthenticated):
         wrong.submit(spec)
     with pytest.raises(ValidationError, match="page_size"):

@@ -39,7 +39,7 @@ from ml_assets.backends.kubernetes import (
     MANAGED_BY_LABEL,
     JobNameConflict,
     KubernetesBackend,
-    KubernetesBackendResource,
+    KubernetesSettings,
     build_job_body,
     cpu_quantity,
     memory_quantity,
@@ -62,7 +62,7 @@ NAMESPACE = "ml-jobs"
 LIST_JOBS = f"GET {JOBS}"
 
 
-def settings(**overrides: Any) -> KubernetesBackendResource:
+def settings(**overrides: Any) -> KubernetesSettings:
     values: dict[str, Any] = {
         "host": "http://127.0.0.1:1",
         "namespace": NAMESPACE,
@@ -71,7 +71,7 @@ def settings(**overrides: Any) -> KubernetesBackendResource:
         "sync_seconds": 2.0,
         **overrides,
     }
-    return KubernetesBackendResource(**values)
+    return KubernetesSettings(**values)
 
 
 def pod_spec(body: dict[str, Any]) -> dict[str, Any]:
@@ -1014,7 +1014,7 @@ def test_an_image_trainers_job_body_is_a_valid_v1_job_for_the_sdk() -> None:
         env={"DAGSTER_PIPES_CONTEXT": "abc"},
         resources=Resources(cpu=2, memory_gb=4, gpu_count=1, gpu_type="nvidia-tesla-t4"),
     )
-    settings = KubernetesBackendResource(namespace="ml", image_uri="base:1", storage_root="/shared")
+    settings = KubernetesSettings(namespace="ml", image_uri="base:1", storage_root="/shared")
     body = build_job_body(spec, settings)
 
     class Response:

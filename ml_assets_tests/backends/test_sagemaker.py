@@ -32,7 +32,7 @@ from ml_assets.backends.remote import output_location, staged_command
 
 pytestmark = pytest.mark.timeout(60)
 
-SETTINGS = sm.SageMakerBackendResource(
+SETTINGS = sm.SageMakerSettings(
     role_arn="arn:aws:iam::123456789012:role/training",
     image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
     storage_root="s3://b/root",
@@ -282,7 +282,7 @@ def test_sagemaker_states_map_to_job_states(status: str, secondary: str, state: 
 def test_the_connection_fields_are_dagster_aws_boto3_configuration() -> None:
     from dagster_aws.utils import ResourceWithBoto3Configuration
 
-    ours = sm.SageMakerBackendResource.model_fields
+    ours = sm.SageMakerSettings.model_fields
     for name, field in ResourceWithBoto3Configuration.model_fields.items():
         assert name in ours, name
         assert ours[name].default == field.default, name

@@ -27,7 +27,7 @@ from ml_assets.backends.vertex import (
     RECORD_FILE,
     OutputLocationConflict,
     VertexBackend,
-    VertexBackendResource,
+    VertexSettings,
     build_custom_job,
     job_labels,
     key_label,
@@ -46,7 +46,7 @@ LIST_ROUTE = "GET /v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/
 CREATE_ROUTE = LIST_ROUTE.replace("GET", "POST", 1)
 
 
-def settings(**overrides: Any) -> VertexBackendResource:
+def settings(**overrides: Any) -> VertexSettings:
     values: dict[str, Any] = {
         "project": "ml-platform",
         "location": "europe-west4",
@@ -54,7 +54,7 @@ def settings(**overrides: Any) -> VertexBackendResource:
         "storage_root": ROOT,
         **overrides,
     }
-    return VertexBackendResource(**values)
+    return VertexSettings(**values)
 
 
 def make_spec(key: str = "fraud/gbm/run-1/0", **fields: Any) -> JobSpec:
@@ -289,7 +289,7 @@ def start_fake(tmp_path: Path, gcs: GcsEmulator) -> Iterator[Callable[..., FakeV
 def backend_for(fake: FakeVertex, **overrides: Any) -> VertexBackend:
     fast = {"retry_backoff_seconds": 0.05, "max_attempts": 10, **overrides}
     values = fake.backend_settings(storage_root=ROOT, sync_seconds=0.5, **fast)
-    return VertexBackend(VertexBackendResource(**values))
+    return VertexBackend(VertexSettings(**values))
 
 
 def test_gcs_emulator_honours_generation_preconditions(gcs: GcsEmulator, tmp_path: Path) -> None:

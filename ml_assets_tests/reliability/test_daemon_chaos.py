@@ -47,6 +47,7 @@ from ml_assets.assets.training import (
     submission_event,
     submit,
 )
+from ml_assets.backends import load_backend
 from ml_assets.backends._local_runner import process_group_is_alive
 from ml_assets.backends.base import Backend
 from ml_assets.sensors.reconciler import CANCELLED, FAILED, MATERIALIZED, RETRIED
@@ -472,7 +473,7 @@ class Chaos:
         self.instance, self.team, self.chains = instance, team, chains
         self.home, self.ml_home, self.env, self.port = home, ml_home, env, port
         self.began = began
-        self.backend = team.load_backend("local")
+        self.backend = load_backend("local", team.backends.get("local"))
         self.pending = list(chains)
         self.paced: dict[str, int] = {}
         self.kill_times: list[float] = []

@@ -43,6 +43,7 @@ from ml_assets_testing.sensor_driver import SensorDriver
 from ml_assets import transport
 from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event, submit
+from ml_assets.backends import backend_resource, load_backend
 from ml_assets.backends.base import JobHandle, JobSpec
 from ml_assets.sensors.reconciler import FAILED, MATERIALIZED, RETRIED, TERMINAL_EVENTS
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
@@ -212,7 +213,7 @@ def submit_jobs(
     returns run id -> planned index."""
     model = ModelContext(team, MODEL)
     backend_name = model.spec.backend
-    storage_root = team.storage_root(backend_name)
+    storage_root = backend_resource(backend_name, team.backends.get(backend_name)).storage_root
     assert storage_root is not None
     planned: dict[str, int] = {}
     specs: dict[str, JobSpec] = {}
@@ -235,7 +236,7 @@ def submit_jobs(
 
     def run_submits(run_id: str) -> JobHandle:
         if not hasattr(workers, "backend"):
-            workers.backend = team.load_backend(backend_name)
+            workers.backend = load_backend(backend_name, team.backends.get(backend_name))
         return submit(workers.backend, specs[run_id])
 
     with ThreadPoolExecutor(max_workers=SUBMITTING_RUNS) as runs:

@@ -61,8 +61,8 @@ from ml_assets_testing.sensor_driver import SensorDriver
 
 from ml_assets import transport
 from ml_assets.assets.registration import registry_for
-from ml_assets.backends import configured_resource
-from ml_assets.backends.resource import UnusableEnvironmentVariable
+from ml_assets.backends import configured_settings
+from ml_assets.backends.settings import UnusableEnvironmentVariable
 from ml_assets.registries.base import PRODUCTION
 from ml_assets.teams.spec import load_team_spec
 from ml_assets_tests.test_backends_end_to_end import CLINICAL, KEYS, location_with_raw_data
@@ -501,7 +501,7 @@ def test_a_secret_no_client_can_send_is_refused_without_showing_it(
     monkeypatch.setenv(K8S_TOKEN, f"{secret}\r\nX-Injected: 1")
 
     with pytest.raises(UnusableEnvironmentVariable) as refused:
-        configured_resource("kubernetes", section)
+        configured_settings("kubernetes", section)
 
     assert K8S_TOKEN in str(refused.value) and "backends.kubernetes.token" in str(refused.value)
     assert secret not in str(refused.value)

@@ -33,6 +33,7 @@ from ml_assets.sensors.reconciler import (
     fold_events,
 )
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
+from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
 pytestmark = pytest.mark.timeout(180)
@@ -113,7 +114,8 @@ def driver(
     **budget: Any,
 ) -> SensorDriver:
     budget.setdefault("progress_seconds", 0.0)  # show every change at once in tests
-    return SensorDriver(instance, build_reconciler_sensor(team, backends=backends, **budget))
+    sensor = build_reconciler_sensor(team, backends=backends, **budget)
+    return SensorDriver(instance, sensor, team_resources(team))
 
 
 def events(instance: dg.DagsterInstance, kind: str) -> list[dg.EventLogRecord]:
@@ -342,6 +344,7 @@ def test_an_explicit_cancel_stops_the_job_and_is_recorded(
     daemon.tick()
     result = build_cancel_job(team).execute_in_process(
         instance=instance,
+        resources=team_resources(team),
         run_config={
             "ops": {"clinical_cancel_training_op": {"config": {"model": "tumor_classifier"}}}
         },

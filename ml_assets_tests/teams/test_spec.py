@@ -607,9 +607,9 @@ def test_an_unknown_kubernetes_setting_is_refused_not_ignored(tmp_path: Path) ->
 def test_the_backend_resource_itself_refuses_unknown_settings() -> None:
     from pydantic import ValidationError
 
-    from ml_assets.backends import backend_resource, configured_resource
+    from ml_assets.backends import backend_resource, backend_settings, configured_settings
 
-    for build in (backend_resource, configured_resource):
+    for build in (backend_resource, backend_settings, configured_settings):
         with pytest.raises(ValidationError, match="namepsace"):
             build("local", {"namepsace": ["x"]})
 

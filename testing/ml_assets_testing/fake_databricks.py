@@ -187,7 +187,7 @@ class FakeDatabricks(LoopbackServer):
         return {"DATABRICKS_HOST": self.url, "DATABRICKS_TOKEN": self.token}
 
     def backend_settings(self, **settings: Any) -> dict[str, Any]:
-        """``DatabricksBackendResource`` settings that reach this fake, plus ``settings``."""
+        """``DatabricksSettings`` settings that reach this fake, plus ``settings``."""
         return {"host": self.url, "token": self.token, **settings}
 
     def lose_answers(self, route: str, times: int = 1) -> None:
@@ -551,13 +551,13 @@ def count_poll_calls(n: int, page_size: int = MAX_LIMIT) -> dict[str, Any]:
     "states"}``; the fake and everything it started are gone afterwards.
     """
     from ml_assets.backends.base import JobSpec
-    from ml_assets.backends.databricks import DatabricksBackendResource
+    from ml_assets.backends.databricks import DatabricksSettings
 
     with (
         tempfile.TemporaryDirectory(prefix="ml_assets_fake_databricks_") as scratch,
         FakeDatabricks(Path(scratch), pending_s=24 * 3600.0) as fake,
     ):
-        settings = DatabricksBackendResource(
+        settings = DatabricksSettings(
             **fake.backend_settings(storage_root="dbfs:/bench", page_size=page_size)
         )
         backend = settings.get_backend()

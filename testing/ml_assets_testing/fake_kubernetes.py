@@ -106,7 +106,7 @@ from ml_assets_testing.fakes import (
 
 if TYPE_CHECKING:
     from ml_assets.backends.base import JobSpec
-    from ml_assets.backends.kubernetes import KubernetesBackendResource
+    from ml_assets.backends.kubernetes import KubernetesSettings
 
 SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.4"}
 _NS = r"(?P<ns>[a-z0-9-]+)"
@@ -556,9 +556,9 @@ class FakeKubernetes(LoopbackServer):
     def __enter__(self) -> FakeKubernetes:
         return self.start()
 
-    def settings(self, storage_root: str, **overrides: Any) -> KubernetesBackendResource:
+    def settings(self, storage_root: str, **overrides: Any) -> KubernetesSettings:
         """Backend settings that talk to this fake (fast retries, 0.5 s log sync)."""
-        from ml_assets.backends.kubernetes import KubernetesBackendResource
+        from ml_assets.backends.kubernetes import KubernetesSettings
 
         values: dict[str, Any] = {
             "host": self.url,
@@ -570,7 +570,7 @@ class FakeKubernetes(LoopbackServer):
             "max_attempts": 11,
             **overrides,
         }
-        return KubernetesBackendResource(**values)
+        return KubernetesSettings(**values)
 
     def kubeconfig(self, path: Path, namespace: str = "ml-jobs") -> Path:
         """Write a kubeconfig for this fake to ``path``, for ``kubectl``.

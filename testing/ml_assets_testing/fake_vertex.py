@@ -214,7 +214,7 @@ class FakeVertex(LoopbackServer):
         self.processes.all()
 
     def backend_settings(self, **overrides: Any) -> dict[str, Any]:
-        """``VertexBackendResource`` settings that point the backend at this fake."""
+        """``VertexSettings`` settings that point the backend at this fake."""
         return {
             "project": "ml-assets-test",
             "location": "us-central1",
@@ -344,7 +344,7 @@ def count_poll_calls(n: int, page_size: int = 100) -> dict[str, Any]:
     """
     from ml_assets.backends import remote
     from ml_assets.backends.base import JobSpec
-    from ml_assets.backends.vertex import VertexBackend, VertexBackendResource
+    from ml_assets.backends.vertex import VertexBackend, VertexSettings
 
     bucket = "ml-assets-bench"
     with (
@@ -354,7 +354,7 @@ def count_poll_calls(n: int, page_size: int = 100) -> dict[str, Any]:
     ):
         root = f"gs://{bucket}/root"
         settings = fake.backend_settings(storage_root=root, page_size=page_size)
-        backend = VertexBackend(VertexBackendResource(**settings), storage_client=gcs.client())
+        backend = VertexBackend(VertexSettings(**settings), storage_client=gcs.client())
         handles = []
         for index in range(n):
             spec = JobSpec(
