@@ -415,7 +415,7 @@ def top_of_profile(path: Path, lines: int = 22) -> str:
 
 
 LOCATION = """\
-from ml_assets.teams.location import team_definitions
+from ml_assets.location import team_definitions
 
 defs = team_definitions({path!r})
 """

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ml_assets import storage
 from ml_assets.registries import team_registry
 from ml_assets.registries.base import ModelRegistry, ModelVersion
+from ml_assets.teams.spec import TeamSpecError, load_team_spec
 
 TEAMS_DIR = Path(__file__).parent / "teams"
 
@@ -144,13 +143,13 @@ def format_text(record: dict[str, Any]) -> str:
 
 
 def registry_from_yaml(spec_path: Path) -> tuple[str, ModelRegistry]:
-    """The team name and registry from a team YAML, reading only its ``team`` and ``registry``."""
-    raw = yaml.safe_load(spec_path.read_text())
-    if not isinstance(raw, dict) or "team" not in raw:
-        raise AuditError(f"{spec_path}: not a team spec (no 'team' field)")
-    registry = dict(raw.get("registry") or {})
-    kind = str(registry.pop("kind", "local"))
-    return str(raw["team"]), team_registry(kind, registry, str(raw["team"]), storage.home())
+    """The team name and registry from a team YAML, loaded and checked as its location would."""
+    try:
+        spec = load_team_spec(spec_path)
+    except TeamSpecError as error:
+        raise AuditError(str(error)) from None
+    registry = team_registry(spec.registry.kind, spec.registry.settings, spec.team, storage.home())
+    return spec.team, registry
 
 
 def main(argv: list[str] | None = None) -> int:

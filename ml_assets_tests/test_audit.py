@@ -21,9 +21,9 @@ import pytest
 from ml_assets_testing.pipeline import build_raw, run_chain, train
 
 from ml_assets.assets.common import ModelKeys
+from ml_assets.location import team_definitions
 from ml_assets.platform_data.assets import raw_key
 from ml_assets.tables import file_sha256
-from ml_assets.teams.location import team_definitions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TEAMS_DIR = Path(__file__).parents[1] / "ml_assets" / "teams"

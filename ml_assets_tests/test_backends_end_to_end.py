@@ -24,10 +24,10 @@ from ml_assets_testing.sensor_driver import SensorDriver
 from ml_assets import transport
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import registry_for
+from ml_assets.location import team_definitions
 from ml_assets.platform_data.assets import raw_key
 from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.registries.base import PRODUCTION
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 
 pytestmark = [

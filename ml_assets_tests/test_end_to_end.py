@@ -19,9 +19,9 @@ from ml_assets_testing.sensor_driver import SensorDriver
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.evaluation import THRESHOLD_CHECK
 from ml_assets.assets.registration import registry_for
+from ml_assets.location import team_definitions
 from ml_assets.platform_data.definitions import defs as platform_defs
 from ml_assets.tables import file_sha256
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

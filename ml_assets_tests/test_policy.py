@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ml_assets import audit, policy
+from ml_assets.location import team_definitions
 from ml_assets.policy import (
     POLICY_ENV,
     PlatformPolicy,
@@ -21,7 +22,6 @@ from ml_assets.policy import (
     policy_json_schema,
     run_queue_limits,
 )
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import TeamSpecError, load_team_spec
 from ml_assets_tests.conftest import EVERY_BACKEND, EVERY_REGISTRY, write_policy
 

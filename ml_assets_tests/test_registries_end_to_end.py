@@ -21,8 +21,8 @@ from ml_assets_testing.pipeline import build_raw, run_chain, train
 
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import registry_for
+from ml_assets.location import team_definitions
 from ml_assets.registries.base import PRODUCTION
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 
 pytestmark = [

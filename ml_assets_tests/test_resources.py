@@ -11,9 +11,9 @@ from ml_assets_testing.pipeline import run_chain, train
 
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.registration import REGISTRY_RESOURCE, RegistryResource, registry_for
+from ml_assets.location import team_definitions
 from ml_assets.registries import load_registry
 from ml_assets.registries.base import PRODUCTION
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import load_team_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -73,6 +73,7 @@ from pydantic import BaseModel, Field
 from ml_assets.assets.common import ModelKeys
 from ml_assets.assets.training import ADMISSION_SENSOR, ADMITTED, QUEUED, SUBMITTED
 from ml_assets.policy import PlatformPolicy, PolicyError, load_policy
+from ml_assets.sensors import sensor_interval
 from ml_assets.sensors.reconciler import (
     CANCEL_REQUESTED,
     MAX_EVENTS,
@@ -450,7 +451,7 @@ def queue_statuses(
 
 
 def build_admission_sensor(
-    minimum_interval_seconds: int = 10,
+    minimum_interval_seconds: int | None = None,
     policy_path: str | None = None,
     **budget: int,
 ) -> dg.SensorDefinition:
@@ -466,7 +467,7 @@ def build_admission_sensor(
             "pool's capacity or (without borrowing) a team's quota; each team's reconciler then "
             "submits its admitted jobs."
         ),
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or sensor_interval(10),
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def gpu_admission(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -47,6 +47,7 @@ from ml_assets.dagster_private import (
     INPUT_EVENT_POINTER_TAG_PREFIX,
     get_input_data_version_tag,
 )
+from ml_assets.sensors import sensor_interval
 from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec
 from ml_assets.training.messages import (
@@ -935,7 +936,7 @@ def _queue_observation(
 
 def build_reconciler_sensor(
     team: TeamSpec,
-    minimum_interval_seconds: int = 10,
+    minimum_interval_seconds: int | None = None,
     backends: dict[str, Backend] | None = None,
     **budget: Any,
 ) -> dg.SensorDefinition:
@@ -955,7 +956,7 @@ def build_reconciler_sensor(
             "Polls the team's training jobs in flight and records each finished job exactly "
             "once: a materialization of the trained model, or its failure with a log tail."
         ),
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or sensor_interval(10),
         default_status=dg.DefaultSensorStatus.RUNNING,
         asset_selection=dg.AssetSelection.assets(*targets),
         required_resource_keys=resource_keys,

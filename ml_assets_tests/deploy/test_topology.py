@@ -30,6 +30,7 @@ import yaml
 from ml_assets.assets.common import ModelKeys
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.backends.local import LocalBackend
+from ml_assets.sensors import SENSOR_INTERVAL_ENV
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG, TEAM_TAG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +162,12 @@ def topology(tmp_path: Path, ml_home: Path, postgres_database: str) -> Iterator[
         servers,
         topology_module.Postgres(postgres_database),
         webserver_port=_free_port(),
-        environ={**os.environ, "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS},
+        environ={
+            **os.environ,
+            "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS,
+            # Ticks as often as the sensor daemon loops: the test waits on sensors, not time.
+            SENSOR_INTERVAL_ENV: "5",
+        },
         restart_delay=0.5,
     )
     try:

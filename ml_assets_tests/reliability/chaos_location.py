@@ -16,8 +16,8 @@ import dagster as dg
 
 from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import build_training_asset
+from ml_assets.location import team_resources
 from ml_assets.sensors.reconciler import build_reconciler_sensor
-from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import load_team_spec
 
 TEAM_ENV = "CHAOS_TEAM_YAML"

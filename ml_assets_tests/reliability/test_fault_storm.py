@@ -45,9 +45,9 @@ from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event, submit
 from ml_assets.backends import backend_resource, load_backend
 from ml_assets.backends.base import JobHandle, JobSpec
+from ml_assets.location import team_definitions
 from ml_assets.sensors.reconciler import FAILED, MATERIALIZED, RETRIED, TERMINAL_EVENTS
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
-from ml_assets.teams.location import team_definitions
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
 pytestmark = [

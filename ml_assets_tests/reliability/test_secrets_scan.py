@@ -418,7 +418,7 @@ def test_a_bad_team_file_is_refused_without_echoing_the_secret_it_reads(
         team.write_text(yaml.safe_dump(spec, sort_keys=False))
         definitions = tmp_path / case / f"{case}_location.py"
         definitions.write_text(
-            "from ml_assets.teams.location import team_definitions\n\n"
+            "from ml_assets.location import team_definitions\n\n"
             f"defs = team_definitions({str(team)!r})\n"
         )
         files += ["-f", str(definitions)]

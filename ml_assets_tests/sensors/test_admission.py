@@ -32,6 +32,7 @@ from ml_assets.assets.training import (
     queue_event,
 )
 from ml_assets.backends.base import JobSpec, JobState, Resources
+from ml_assets.location import team_resources
 from ml_assets.policy import POLICY_ENV, load_policy
 from ml_assets.sensors.admission import (
     QUEUE_STATUS,
@@ -45,7 +46,6 @@ from ml_assets.sensors.admission import (
 from ml_assets.sensors.cancel import build_cancel_job
 from ml_assets.sensors.reconciler import TERMINAL_EVENTS, build_reconciler_sensor
 from ml_assets.tags import ADMISSION_TAG, EVENT_TAG, JOB_ID_TAG, KUEUE_QUEUE_LABEL
-from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import TeamSpec
 from ml_assets_tests.sensors.ledger import Ledger, clinical_team, report_model
 

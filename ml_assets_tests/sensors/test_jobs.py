@@ -15,6 +15,7 @@ from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import build_job_spec, submission_event
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.backends.local import LocalBackend
+from ml_assets.location import team_resources
 from ml_assets.sensors.cancel import build_cancel_job, build_retry_job, training_jobs
 from ml_assets.sensors.reconciler import (
     CANCEL_REQUESTED,
@@ -26,7 +27,6 @@ from ml_assets.sensors.reconciler import (
     build_reconciler_sensor,
 )
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
-from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import RetrySpec, TeamSpec, load_team_spec
 
 pytestmark = pytest.mark.timeout(180)

@@ -22,6 +22,7 @@ from ml_assets.assets.common import ModelContext
 from ml_assets.assets.training import TRAINING_CHECK, build_job_spec, submission_event
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState
 from ml_assets.backends.local import LocalBackend
+from ml_assets.location import team_resources
 from ml_assets.sensors.cancel import build_cancel_job
 from ml_assets.sensors.reconciler import (
     CANCELLED,
@@ -33,7 +34,6 @@ from ml_assets.sensors.reconciler import (
     fold_events,
 )
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
-from ml_assets.teams.location import team_resources
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
 pytestmark = pytest.mark.timeout(180)

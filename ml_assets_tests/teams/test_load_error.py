@@ -49,7 +49,7 @@ def test_the_location_error_a_webserver_shows_starts_with_file_line_and_field(
         entry = context.create_request_context().get_code_location_entries()["broken"]
     assert entry.load_error is not None
     first = entry.load_error.message.splitlines()[0]
-    assert first.startswith("ml_assets.teams.location.TeamLocationError: ")
+    assert first.startswith("ml_assets.location.TeamLocationError: ")
     assert f"broken_team/team.yaml, line {line}: " in first
     assert first.endswith("task: Input should be 'binary', 'multiclass' or 'regression'")
     assert "models.cultivar_classifier.task" in first

@@ -37,6 +37,7 @@ from playwright.sync_api import Page, ViewportSize, sync_playwright
 from ml_assets.backends._local_runner import HANDLE_FILE, read_json
 from ml_assets.backends.base import JobHandle
 from ml_assets.backends.local import LocalBackend
+from ml_assets.sensors import SENSOR_INTERVAL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -306,6 +307,8 @@ def dagster_dev(
         "DAGSTER_HOME": str(dagster_home),
         "ML_ASSETS_HOME": str(ml_home),
         "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS,
+        # Ticks as often as the sensor daemon loops: the tests wait on sensors, not time.
+        SENSOR_INTERVAL_ENV: "5",
         "PYTHONUNBUFFERED": "1",
     }
     if extra_pythonpath:

@@ -84,7 +84,7 @@ def extra_pythonpath(tmp_path: Path) -> list[str]:
     )
     (package / "definitions.py").write_text(
         "from pathlib import Path\n"
-        "from ml_assets.teams.location import team_definitions\n"
+        "from ml_assets.location import team_definitions\n"
         "defs = team_definitions(Path(__file__).with_name('team.yaml'))\n"
     )
     (package / "team.yaml").write_text(

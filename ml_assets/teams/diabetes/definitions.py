@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-from ml_assets.teams.location import team_definitions
+from ml_assets.location import team_definitions
 
 defs = team_definitions(Path(__file__).with_name("team.yaml"))

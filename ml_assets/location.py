@@ -21,6 +21,7 @@ from ml_assets.assets.serving import build_serving_asset
 from ml_assets.assets.training import build_training_asset
 from ml_assets.backends import backend_resource, backend_resource_key
 from ml_assets.policy import PolicyError, check_team, load_policy
+from ml_assets.sensors import sensor_interval
 from ml_assets.sensors.cancel import build_cancel_job, build_retry_job
 from ml_assets.sensors.reconciler import build_reconciler_sensor
 from ml_assets.tags import TEAM_TAG
@@ -71,7 +72,7 @@ def team_definitions(
                 f"{team.team}_automation",
                 target=dg.AssetSelection.groups(team.team),
                 default_status=dg.DefaultSensorStatus.RUNNING,
-                minimum_interval_seconds=15,
+                minimum_interval_seconds=sensor_interval(15),
                 run_tags={TEAM_TAG: team.team},
                 description="Runs evaluation, registration, promotion and the serving spec as "
                 "soon as a new model is recorded.",
