@@ -30,7 +30,6 @@ import yaml
 from ml_assets.assets.common import ModelKeys
 from ml_assets.backends.base import JobHandle, JobState
 from ml_assets.backends.local import LocalBackend
-from ml_assets.sensors import SENSOR_INTERVAL_ENV
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG, TEAM_TAG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,8 +164,6 @@ def topology(tmp_path: Path, ml_home: Path, postgres_database: str) -> Iterator[
         environ={
             **os.environ,
             "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS,
-            # Ticks as often as the sensor daemon loops: the test waits on sensors, not time.
-            SENSOR_INTERVAL_ENV: "5",
         },
         restart_delay=0.5,
     )
@@ -180,6 +177,7 @@ def topology(tmp_path: Path, ml_home: Path, postgres_database: str) -> Iterator[
 
 
 @pytest.mark.e2e
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_team_survives_its_code_server_and_the_daemon_being_killed_mid_training(
     topology: Any, ml_home: Path

@@ -37,7 +37,6 @@ from playwright.sync_api import Page, ViewportSize, sync_playwright
 from ml_assets.backends._local_runner import HANDLE_FILE, read_json
 from ml_assets.backends.base import JobHandle
 from ml_assets.backends.local import LocalBackend
-from ml_assets.sensors import SENSOR_INTERVAL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = REPO_ROOT / "workspace.yaml"
@@ -295,6 +294,34 @@ def dagster_dev(
 ) -> Iterator[DagsterDev]:
     """``dagster dev`` on a workspace (this repository's by default), on a fresh instance,
     fully loaded."""
+    with running_dagster_dev(tmp_path, workspace_file, extra_pythonpath) as dev:
+        request.node.stash[_LOG_PATH_KEY] = dev.log_path
+        yield dev
+
+
+@pytest.fixture(scope="module")
+def repository_dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    """One ``dagster dev`` on this repository's workspace for a whole test module: its tests
+    use groups of their own, so they can share it (starting one loads every location)."""
+    with running_dagster_dev(tmp_path_factory.mktemp("dagster_dev"), WORKSPACE, []) as dev:
+        yield dev
+
+
+@pytest.fixture
+def shared_dagster_dev(
+    repository_dagster_dev: DagsterDev, request: pytest.FixtureRequest
+) -> DagsterDev:
+    """The module's shared ``dagster dev``, its log tail attached to a failed test's report."""
+    request.node.stash[_LOG_PATH_KEY] = repository_dagster_dev.log_path
+    return repository_dagster_dev
+
+
+@contextlib.contextmanager
+def running_dagster_dev(
+    tmp_path: Path, workspace_file: Path, extra_pythonpath: list[str]
+) -> Iterator[DagsterDev]:
+    """``dagster dev`` on ``workspace_file`` with a fresh instance under ``tmp_path``, fully
+    loaded; stopped, with its training jobs, on exit."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(INSTANCE_CONFIG, dagster_home / "dagster.yaml")
@@ -307,8 +334,6 @@ def dagster_dev(
         "DAGSTER_HOME": str(dagster_home),
         "ML_ASSETS_HOME": str(ml_home),
         "ML_ASSETS_TRANSACTION_ROWS": TRANSACTION_ROWS,
-        # Ticks as often as the sensor daemon loops: the tests wait on sensors, not time.
-        SENSOR_INTERVAL_ENV: "5",
         "PYTHONUNBUFFERED": "1",
     }
     if extra_pythonpath:
@@ -331,7 +356,6 @@ def dagster_dev(
         dagster_home=dagster_home,
         ml_home=ml_home,
     )
-    request.node.stash[_LOG_PATH_KEY] = log_path
     try:
         _wait_until_loaded(dev, workspace_location_names(workspace_file))
         yield dev

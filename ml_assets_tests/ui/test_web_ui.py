@@ -27,7 +27,8 @@ from ml_assets.assets.common import ModelKeys
 if TYPE_CHECKING:
     from ml_assets_tests.ui.conftest import DagsterDev
 
-pytestmark = pytest.mark.timeout(480)
+# One worker runs the module, so its tests share one dagster dev (see dagster_dev).
+pytestmark = [pytest.mark.timeout(480), pytest.mark.long, pytest.mark.xdist_group("web_ui")]
 
 TEAM = "clinical"
 MODEL = ModelKeys(TEAM, "tumor_classifier")
@@ -241,6 +242,12 @@ def save_screenshot(page: Page, path: Path, *, full_page: bool = False) -> None:
     """Save a screenshot of the page and say where it is."""
     page.screenshot(path=str(path), full_page=full_page)
     print(f"screenshot: {path}")
+
+
+@pytest.fixture
+def dagster_dev(shared_dagster_dev: DagsterDev) -> DagsterDev:
+    """One ``dagster dev`` for the module: each test here materializes groups of its own."""
+    return shared_dagster_dev
 
 
 @pytest.mark.ui
