@@ -114,9 +114,3 @@ def permissive_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     monkeypatch.setenv("ML_ASSETS_POLICY", str(path))
     return path
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` go first: each worker starts one while the others share the rest,
-    rather than one worker running a long test alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -177,7 +177,6 @@ def topology(tmp_path: Path, ml_home: Path, postgres_database: str) -> Iterator[
 
 
 @pytest.mark.e2e
-@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_team_survives_its_code_server_and_the_daemon_being_killed_mid_training(
     topology: Any, ml_home: Path

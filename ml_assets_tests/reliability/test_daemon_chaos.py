@@ -54,7 +54,7 @@ from ml_assets.sensors.reconciler import CANCELLED, FAILED, MATERIALIZED, RETRIE
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
-pytestmark = [pytest.mark.reliability, pytest.mark.long, pytest.mark.timeout(590)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(590)]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -51,7 +51,6 @@ from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
 pytestmark = [
-    pytest.mark.long,
     pytest.mark.reliability,
     pytest.mark.timeout(240),
     pytest.mark.usefixtures("permissive_policy"),

@@ -27,8 +27,9 @@ from ml_assets.assets.common import ModelKeys
 if TYPE_CHECKING:
     from ml_assets_tests.ui.conftest import DagsterDev
 
-# One worker runs the module, so its tests share one dagster dev (see dagster_dev).
-pytestmark = [pytest.mark.timeout(480), pytest.mark.long, pytest.mark.xdist_group("web_ui")]
+# One worker runs the UI tests one after another: its tests share one dagster dev (see
+# dagster_dev), and two dagster devs at once would overload a 2-core machine.
+pytestmark = [pytest.mark.timeout(480), pytest.mark.xdist_group("ui")]
 
 TEAM = "clinical"
 MODEL = ModelKeys(TEAM, "tumor_classifier")
