@@ -53,7 +53,9 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 TRANSACTION_ROWS = "20000"
-STARTUP_TIMEOUT_S = 120.0
+# dagster dev loads every location before its webserver answers; on 2 busy cores that took
+# over 120 s once.
+STARTUP_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 1.0
 SHUTDOWN_GRACE_S = 30.0
 LOG_TAIL_LINES = 80

@@ -29,7 +29,7 @@ from ml_assets_tests.ui.test_web_ui import (
 if TYPE_CHECKING:
     from ml_assets_tests.ui.conftest import DagsterDev
 
-pytestmark = [pytest.mark.timeout(480), pytest.mark.xdist_group("ui")]
+pytestmark = [pytest.mark.timeout(720), pytest.mark.xdist_group("ui")]
 
 TEAM = "doomed"
 KEYS = ModelKeys(TEAM, "cultivar_classifier")

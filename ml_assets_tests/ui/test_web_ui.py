@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # One worker runs the UI tests one after another: its tests share one dagster dev (see
 # dagster_dev), and two dagster devs at once would overload a 2-core machine.
-pytestmark = [pytest.mark.timeout(480), pytest.mark.xdist_group("ui")]
+pytestmark = [pytest.mark.timeout(720), pytest.mark.xdist_group("ui")]
 
 TEAM = "clinical"
 MODEL = ModelKeys(TEAM, "tumor_classifier")
