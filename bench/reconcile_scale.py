@@ -369,7 +369,8 @@ def count_materializations(instance: Any, team: Any) -> Counter[str]:
     """Materializations of the trained model in the event log, by job id."""
     import dagster as dg
 
-    from ml_assets.assets.common import JOB_ID_TAG, ModelContext
+    from ml_assets.assets.common import ModelContext
+    from ml_assets.tags import JOB_ID_TAG
 
     key = ModelContext(team, MODEL).keys.trained
     jobs: Counter[str] = Counter()
