@@ -60,6 +60,12 @@ def backend_resource_key(name: str) -> str:
     return f"{name}_backend"
 
 
+def backend_resource_keys(names: list[str]) -> set[str]:
+    """The resource keys of backends ``names``: what a step or sensor that may use any of them
+    requires."""
+    return {backend_resource_key(name) for name in names}
+
+
 def resource_backend(resources: Any, name: str) -> Backend:
     """Backend ``name`` built from a Dagster context's ``<name>_backend`` resource."""
     key = backend_resource_key(name)

@@ -33,7 +33,7 @@ from ml_assets.assets.training import (
     submission_event,
     submit,
 )
-from ml_assets.backends import backend_resource_key, resource_backend
+from ml_assets.backends import backend_resource_keys, resource_backend
 from ml_assets.backends.base import JobHandle, JobSpec
 from ml_assets.sensors.reconciler import (
     CANCEL_REQUESTED,
@@ -188,10 +188,6 @@ def _default_run_config(op_name: str, config: dg.Config) -> dg.RunConfig:
     return dg.RunConfig(ops={op_name: config})
 
 
-def _backend_keys(team: TeamSpec) -> set[str]:
-    return {backend_resource_key(name) for name in team.allowed_backends}
-
-
 def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
     """``<team>_cancel_training``: cancel a model's jobs in flight; the reconciler records the
     outcome."""
@@ -200,7 +196,7 @@ def build_cancel_job(team: TeamSpec) -> dg.JobDefinition:
     )
     op_name = f"{team.team}_cancel_training_op"
 
-    @dg.op(name=op_name, required_resource_keys=_backend_keys(team))
+    @dg.op(name=op_name, required_resource_keys=backend_resource_keys(team.allowed_backends))
     def cancel_training(context: dg.OpExecutionContext, config: config_class) -> None:  # type: ignore[valid-type]
         values: Any = config
         model = ModelContext(team, values.model)
@@ -297,7 +293,7 @@ def build_retry_job(team: TeamSpec) -> dg.JobDefinition:
     op_name = f"{team.team}_retry_training_op"
     sensor = f"{team.team}_training_reconciler"
 
-    @dg.op(name=op_name, required_resource_keys=_backend_keys(team))
+    @dg.op(name=op_name, required_resource_keys=backend_resource_keys(team.allowed_backends))
     def retry_training(context: dg.OpExecutionContext, config: config_class) -> None:  # type: ignore[valid-type]
         values: Any = config
         model = ModelContext(team, values.model)

@@ -40,7 +40,7 @@ from ml_assets.assets.training import (
     submission_event,
     submit,
 )
-from ml_assets.backends import backend_resource_key, load_backend, resource_backend
+from ml_assets.backends import backend_resource_keys, load_backend, resource_backend
 from ml_assets.backends.base import Backend, JobHandle, JobSpec, JobState, JobStatus
 from ml_assets.dagster_private import (
     CODE_VERSION_TAG,
@@ -945,9 +945,7 @@ def build_reconciler_sensor(
     by name; ``budget`` overrides a tick's limits (``max_events``, ``max_progress_reads``,
     ``progress_seconds``)."""
     reconciler = Reconciler(team, backends, **budget)
-    resource_keys = (
-        set() if backends is not None else {backend_resource_key(n) for n in team.allowed_backends}
-    )
+    resource_keys = set() if backends is not None else backend_resource_keys(team.allowed_backends)
     targets = [ModelContext(team, name).keys.trained for name in team.models]
 
     @dg.sensor(
