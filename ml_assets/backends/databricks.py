@@ -348,7 +348,7 @@ class DatabricksBackend(RemoteBackend[DatabricksDetails]):
 
         tasks = [SubmitTask.from_dict(task) for task in request["tasks"]]
         run_id = int(self._jobs.submit(**{**request, "tasks": tasks}).run_id)
-        run = self._jobs.get_run(run_id)
+        run = self.call(self._jobs.get_run, run_id)
         task_run_ids = [task.run_id for task in run.tasks or [] if task.run_id]
         return DatabricksDetails(
             run_id=run_id,

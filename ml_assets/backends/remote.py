@@ -250,7 +250,11 @@ class RemoteBackend(Generic[D]):
         raise NotImplementedError
 
     def create(self, spec: JobSpec, request: Any) -> D:
-        """Start the job and return its details; raise ``JobExists`` if the name is taken."""
+        """Start the job and return its details; raise ``JobExists`` if the name is taken.
+
+        The base retries the create as a whole; any other call the hook makes (a look-up
+        before or after it) goes through ``self.call``, so that its fault costs one retry of
+        that call, not an attempt of the create."""
         raise NotImplementedError
 
     def list_jobs(self, jobs: Listed[D]) -> dict[str, NativeJob]:

@@ -415,7 +415,7 @@ class SageMakerBackend(RemoteBackend[SageMakerDetails]):
             self._client.create_training_job(**request)
         except self._client.exceptions.ResourceInUse as error:
             raise JobExists(f"training job {spec.job_name} exists") from error
-        found = self.find(spec)
+        found = self.call(self.find, spec)
         if found is None:
             raise RuntimeError(f"SageMaker created training job {spec.job_name} but cannot find it")
         return found

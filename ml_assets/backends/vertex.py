@@ -469,7 +469,7 @@ class VertexBackend(RemoteBackend[VertexDetails]):
         from google.cloud.aiplatform_v1 import CustomJob
 
         try:
-            job = self._labelled(spec) or self._jobs.create_custom_job(
+            job = self.call(self._labelled, spec) or self._jobs.create_custom_job(
                 parent=self.parent,
                 custom_job=CustomJob.from_json(json.dumps(request)),
                 retry=None,

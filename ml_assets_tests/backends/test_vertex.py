@@ -347,6 +347,37 @@ def test_submit_survives_faults_and_starts_each_job_once(
     assert {"drop", "throttle", "error"} <= set(fake.faults.injected)
 
 
+class EveryOtherList(Faults):
+    """Drops every other ListCustomJobs call, and nothing else."""
+
+    lists: int = 0
+
+    def draw(self, call: str) -> str | None:
+        if not re.fullmatch(LIST_ROUTE, call):
+            return None
+        self.lists += 1
+        if self.lists % 2:
+            self.injected["drop"] += 1
+            return "drop"
+        return None
+
+
+def test_each_call_of_a_create_is_retried_on_its_own(
+    start_fake: Callable[..., FakeVertex],
+) -> None:
+    """A create is a claim, a look for a dead winner's job, then the create itself. A dropped
+    look-up must cost one retry of the look-up, not a whole attempt of the create: with two
+    attempts per call and every other list dropped, the job is still started, once."""
+    fake = start_fake(faults=EveryOtherList(), pending_s=60)
+
+    handle = backend_for(fake, max_attempts=2).submit(make_spec())
+
+    (job,) = fake.jobs()
+    assert handle.details["resource_name"] == job["name"]
+    assert fake.calls[CREATE_ROUTE] == 1
+    assert fake.faults.injected["drop"] == 2  # the find's list and the create's list
+
+
 def test_the_fake_receives_the_spec_image(start_fake: Callable[..., FakeVertex]) -> None:
     fake = start_fake(pending_s=60)
     spec = make_spec(image="europe-docker.pkg.dev/fraud/team/trainer:7")

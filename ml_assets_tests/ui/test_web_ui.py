@@ -68,7 +68,7 @@ SHARED_SCREENSHOT = Path("/tmp/ml_assets_ui_evaluation.png")
 RAW_DATA_TIMEOUT_S = 150.0
 LAUNCH_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 120.0
-PIPELINE_TIMEOUT_S = 180.0
+PIPELINE_TIMEOUT_S = 360.0  # three teams at once; twice the 100 s seen alone
 POLL_S = 1.0
 UI_TIMEOUT_MS = 60_000
 

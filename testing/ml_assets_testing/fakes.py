@@ -43,7 +43,7 @@ class Faults:
     Each call draws once: with probability ``drop_rate`` the connection is closed without an
     answer, else with ``throttle_rate`` it gets a 429 (with ``Retry-After: 0``), else with
     ``error_rate`` a 503. Independently, every call is delayed by ``latency_s``. Routes matching
-    ``exempt`` (a regex on the path) never fail, e.g. to keep a fault off a call the SDK cannot
+    ``exempt`` (a regex on "METHOD /path") never fail, e.g. to keep a fault off a call the SDK cannot
     retry safely.
     """
 
@@ -60,9 +60,9 @@ class Faults:
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
 
-    def draw(self, path: str) -> str | None:
-        """``"drop"``, ``"throttle"``, ``"error"`` or ``None`` for a call to ``path``."""
-        if self.exempt and re.search(self.exempt, path):
+    def draw(self, call: str) -> str | None:
+        """``"drop"``, ``"throttle"``, ``"error"`` or ``None`` for ``call`` ("GET /a/path")."""
+        if self.exempt and re.search(self.exempt, call):
             return None
         with self._lock:
             roll = self._random.random()
@@ -246,7 +246,7 @@ def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             if server.faults.latency_s:
                 time.sleep(server.faults.latency_s)
-            fault = server.faults.draw(parsed.path)
+            fault = server.faults.draw(f"{self.command} {parsed.path}")
             request = Request(
                 method=self.command,
                 path=parsed.path,
