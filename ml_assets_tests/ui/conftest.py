@@ -296,26 +296,16 @@ def dagster_dev(
 ) -> Iterator[DagsterDev]:
     """``dagster dev`` on a workspace (this repository's by default), on a fresh instance,
     fully loaded."""
+    if getattr(request.config.option, "loadgroup", False):  # set on xdist workers
+        # pytest-xdist marks a grouped test by suffixing its node id; a pytest it does not
+        # support drops the suffix, and the UI tests would then run side by side.
+        assert request.node.nodeid.endswith("@ui"), (
+            f"{request.node.nodeid} is not in the xdist group 'ui': two dagster devs could run "
+            "at once (pytest-xdist's loadgroup is not working with this pytest)"
+        )
     with running_dagster_dev(tmp_path, workspace_file, extra_pythonpath) as dev:
         request.node.stash[_LOG_PATH_KEY] = dev.log_path
         yield dev
-
-
-@pytest.fixture(scope="module")
-def repository_dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
-    """One ``dagster dev`` on this repository's workspace for a whole test module: its tests
-    use groups of their own, so they can share it (starting one loads every location)."""
-    with running_dagster_dev(tmp_path_factory.mktemp("dagster_dev"), WORKSPACE, []) as dev:
-        yield dev
-
-
-@pytest.fixture
-def shared_dagster_dev(
-    repository_dagster_dev: DagsterDev, request: pytest.FixtureRequest
-) -> DagsterDev:
-    """The module's shared ``dagster dev``, its log tail attached to a failed test's report."""
-    request.node.stash[_LOG_PATH_KEY] = repository_dagster_dev.log_path
-    return repository_dagster_dev
 
 
 @contextlib.contextmanager
