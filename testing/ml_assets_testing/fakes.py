@@ -42,9 +42,9 @@ class Faults:
 
     Each call draws once: with probability ``drop_rate`` the connection is closed without an
     answer, else with ``throttle_rate`` it gets a 429 (with ``Retry-After: 0``), else with
-    ``error_rate`` a 503. Independently, every call is delayed by ``latency_s``. Routes matching
-    ``exempt`` (a regex on "METHOD /path") never fail, e.g. to keep a fault off a call the SDK cannot
-    retry safely.
+    ``error_rate`` a 503. Independently, every call is delayed by ``latency_s``. Calls matching
+    ``exempt`` (a regex on "METHOD /path") never fail, e.g. to keep a fault off a call the SDK
+    cannot retry safely.
     """
 
     latency_s: float = 0.0
