@@ -178,6 +178,7 @@ def topology(tmp_path: Path, ml_home: Path, postgres_database: str) -> Iterator[
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("deployments")  # one worker runs the deployment tests in turn
 def test_a_team_survives_its_code_server_and_the_daemon_being_killed_mid_training(
     topology: Any, ml_home: Path
 ) -> None:

@@ -54,7 +54,14 @@ from ml_assets.sensors.reconciler import CANCELLED, FAILED, MATERIALIZED, RETRIE
 from ml_assets.tags import EVENT_TAG, JOB_ID_TAG
 from ml_assets.teams.spec import TeamSpec, load_team_spec
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(590)]
+# Every test that runs a whole Dagster deployment (webserver or daemon plus code servers) is
+# in one xdist group: one worker runs them one after another, since two at once on 2 cores
+# slow each other several-fold.
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.timeout(590),
+    pytest.mark.xdist_group("deployments"),
+]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -299,9 +299,9 @@ def dagster_dev(
     if getattr(request.config.option, "loadgroup", False):  # set on xdist workers
         # pytest-xdist marks a grouped test by suffixing its node id; a pytest it does not
         # support drops the suffix, and the UI tests would then run side by side.
-        assert request.node.nodeid.endswith("@ui"), (
-            f"{request.node.nodeid} is not in the xdist group 'ui': two dagster devs could run "
-            "at once (pytest-xdist's loadgroup is not working with this pytest)"
+        assert request.node.nodeid.endswith("@deployments"), (
+            f"{request.node.nodeid} is not in the xdist group 'deployments': two dagster devs "
+            "could run at once (pytest-xdist's loadgroup is not working with this pytest)"
         )
     with running_dagster_dev(tmp_path, workspace_file, extra_pythonpath) as dev:
         request.node.stash[_LOG_PATH_KEY] = dev.log_path

@@ -29,7 +29,10 @@ from ml_assets_tests.ui.test_web_ui import (
 if TYPE_CHECKING:
     from ml_assets_tests.ui.conftest import DagsterDev
 
-pytestmark = [pytest.mark.timeout(720), pytest.mark.xdist_group("ui")]
+# Every test that runs a whole Dagster deployment (webserver or daemon plus code servers) is
+# in one xdist group: one worker runs them one after another, since two at once on 2 cores
+# slow each other several-fold.
+pytestmark = [pytest.mark.timeout(720), pytest.mark.xdist_group("deployments")]
 
 TEAM = "doomed"
 KEYS = ModelKeys(TEAM, "cultivar_classifier")

@@ -29,9 +29,10 @@ from ml_assets.assets.common import ModelKeys
 if TYPE_CHECKING:
     from ml_assets_tests.ui.conftest import DagsterDev
 
-# One worker runs the UI tests one after another: two dagster devs at once would overload a
-# 2-core machine.
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("ui")]
+# Every test that runs a whole Dagster deployment (webserver or daemon plus code servers) is
+# in one xdist group: one worker runs them one after another, since two at once on 2 cores
+# slow each other several-fold.
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("deployments")]
 
 TEAM = "clinical"
 MODEL = ModelKeys(TEAM, "tumor_classifier")
