@@ -21,6 +21,7 @@ from ml_assets_testing.fake_databricks import DEFAULT_TOKEN, FakeDatabricks
 from ml_assets_testing.fake_kubernetes import QUEUE_LABEL, FakeKubernetes
 from ml_assets_testing.fake_sagemaker import IMAGE_URI, REGION, ROLE_ARN, FakeSageMaker
 from ml_assets_testing.fake_vertex import FakeVertex
+from ml_assets_testing.fakes import Faults
 from ml_assets_testing.gcs import GcsEmulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -744,6 +745,17 @@ def test_vertex_unknown_fields_are_refused(vertex: FakeVertex) -> None:
     assert "gpuCount" in answer["error"]["message"]
 
 
+@pytest.mark.parametrize("size", ["ten", "-1", "2.5"])
+def test_vertex_a_page_size_is_a_non_negative_int32(vertex: FakeVertex, size: str) -> None:
+    url = f"{vertex.url}/v1/{PARENT}/customJobs?pageSize={size}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            code, body = answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        code, body = error.code, json.load(error)
+    assert code == 400 and body["error"]["status"] == "INVALID_ARGUMENT", body
+
+
 # --- Databricks: node types, runtimes, libraries ----------------------------------------------
 
 
@@ -1040,3 +1052,66 @@ def test_sagemaker_a_mistyped_member_is_a_serialization_error(sagemaker: Any) ->
         },
     )
     assert code == 400 and answer["__type"] == "SerializationException"
+
+
+# --- Every fake: faults in the service's own error shape --------------------------------------
+
+# What each service's API sends with a 429 and a 503 it answers on its own, from its reference:
+# the Kubernetes StatusReason, the AWS JSON protocol's __type, the Databricks error_code.
+SERVICE_ERRORS = {
+    "kubernetes": (
+        FakeKubernetes,
+        "/apis/batch/v1/namespaces/rules/jobs",
+        {},
+        lambda body: (body["kind"], body["reason"]),
+        {429: ("Status", "TooManyRequests"), 503: ("Status", "ServiceUnavailable")},
+    ),
+    "sagemaker": (
+        FakeSageMaker,
+        "/",
+        {"X-Amz-Target": "SageMaker.ListTrainingJobs"},
+        lambda body: body["__type"],
+        {429: "ThrottlingException", 503: "ServiceUnavailable"},
+    ),
+    "databricks": (
+        FakeDatabricks,
+        "/api/2.1/jobs/runs/submit",
+        {"Authorization": f"Bearer {DEFAULT_TOKEN}"},
+        lambda body: body["error_code"],
+        {429: "REQUEST_LIMIT_EXCEEDED", 503: "TEMPORARILY_UNAVAILABLE"},
+    ),
+}
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("service", sorted(SERVICE_ERRORS))
+def test_a_fault_is_answered_in_the_services_error_shape(
+    tmp_path: Path, service: str, status: int
+) -> None:
+    fake_type, path, headers, read, expected = SERVICE_ERRORS[service]
+    rate = {"throttle_rate": 1.0} if status == 429 else {"error_rate": 1.0}
+    with fake_type(tmp_path, faults=Faults(**rate)) as fake:
+        code, body = _post(fake.url + path, {}, headers)
+    assert code == status
+    assert read(body) == expected[status], body
+
+
+def test_botocore_reads_a_throttle_from_the_sagemaker_fake_as_one(tmp_path: Path) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    with FakeSageMaker(tmp_path, faults=Faults(throttle_rate=1.0)) as fake:
+        client = boto3.client(
+            "sagemaker",
+            endpoint_url=fake.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 2}),
+        )
+        with pytest.raises(ClientError) as raised:
+            client.list_training_jobs()
+    assert raised.value.response["Error"]["Code"] == "ThrottlingException"
+    # Standard mode retried it as a throttle: the fake saw both attempts.
+    assert raised.value.response["ResponseMetadata"]["RetryAttempts"] == 1

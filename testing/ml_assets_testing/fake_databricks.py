@@ -83,6 +83,15 @@ _STATES: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+# The error code the REST API gives each status code the fake answers on its own.
+_ERROR_CODES = {
+    404: "ENDPOINT_NOT_FOUND",
+    405: "ENDPOINT_NOT_FOUND",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+
 def _error(status: int, code: str, message: str) -> Response:
     return Response(status, {"error_code": code, "message": message})
 
@@ -165,6 +174,10 @@ class FakeDatabricks(LoopbackServer):
 
     def __enter__(self) -> FakeDatabricks:
         return self.start()
+
+    def error_body(self, status: int, message: str) -> Any:
+        """Faults and unrouted calls in the REST API's ``{"error_code", "message"}`` shape."""
+        return _error(status, _ERROR_CODES.get(status, "INTERNAL_ERROR"), message).body
 
     def tick(self) -> None:
         """Move runs along (start, reap) as the service's scheduler would."""

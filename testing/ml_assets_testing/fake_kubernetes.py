@@ -165,6 +165,15 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24}d"
 
 
+# The StatusReason the API server gives each status code it answers on its own.
+_STATUS_REASONS = {
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    429: "TooManyRequests",
+    503: "ServiceUnavailable",
+}
+
+
 def _status(code: int, reason: str, message: str, **details: Any) -> Response:
     """A ``v1.Status`` answer, as the API server sends for errors and deletes."""
     return Response(
@@ -642,6 +651,10 @@ class FakeKubernetes(LoopbackServer):
             }
         ended = self.processes.end_held(list(jobs), returncode=0 if succeeded else 1)
         return sorted(jobs[process_id] for process_id in ended)
+
+    def error_body(self, status: int, message: str) -> Any:
+        """Faults and unrouted calls as the API server answers them: a ``v1.Status``."""
+        return _status(status, _STATUS_REASONS.get(status, "InternalError"), message).body
 
     def tick(self) -> None:
         # Like kube-controller-manager (and Kueue): start pods whose pending time is over,

@@ -90,6 +90,15 @@ MAX_RUNTIME_LIMIT_S = 28 * 86_400
 _RESERVED_TAG_PREFIX = "aws:"
 
 
+# The error code AWS gives each status code the fake answers on its own.
+_AWS_ERROR_CODES = {
+    404: "UnknownOperationException",
+    405: "UnknownOperationException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailable",
+}
+
+
 def _error(code: str, message: str, status: int = 400) -> Response:
     return Response(status, {"__type": code, "message": message}, content_type=_JSON)
 
@@ -238,6 +247,11 @@ class FakeSageMaker(LoopbackServer):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(job.process.pid, signal.SIGKILL)
                 job.process.wait()
+
+    def error_body(self, status: int, message: str) -> Any:
+        """Faults and unrouted calls in the AWS JSON protocol's error shape, whose ``__type``
+        botocore reads as the error code (a throttle is retried as one)."""
+        return _error(_AWS_ERROR_CODES.get(status, "InternalFailure"), message, status).body
 
     def tick(self) -> None:
         """Start jobs whose wait is over and notice ended ones, as SageMaker does unasked."""

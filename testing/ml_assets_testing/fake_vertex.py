@@ -109,6 +109,17 @@ def _error(status: int, message: str, code: str | None = None) -> Response:
     return Response(status, {"error": error})
 
 
+def _page_size(value: str | None) -> int:
+    """``pageSize`` as the API reads it: an int32, 0 (or none) meaning the default."""
+    try:
+        size = int(value or 0)
+    except ValueError:
+        raise ValueError(f"Invalid value at 'page_size' (TYPE_INT32), {value!r}") from None
+    if size < 0:
+        raise ValueError(f"page_size must not be negative, got {size}")
+    return size
+
+
 @dataclass
 class _Job:
     name: str
@@ -265,10 +276,10 @@ class FakeVertex(LoopbackServer):
         try:
             predicates = parse_filter(request.arg("filter") or "")
             offset = int(request.arg("pageToken") or 0)
+            size = _page_size(request.arg("pageSize"))
         except ValueError as exc:
             return _error(400, str(exc))
-        size = int(request.arg("pageSize") or 0) or self.default_page_size
-        size = min(size, self.max_page_size)
+        size = min(size or self.default_page_size, self.max_page_size)
         with self._jobs_lock:
             names = [name for name in self._jobs if name.startswith(parent)]
         matching = [job for job in map(self._view, names) if all(test(job) for test in predicates)]
