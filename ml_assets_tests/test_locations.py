@@ -87,3 +87,12 @@ def test_every_team_asset_carries_team_policy(location: str) -> None:
     sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
     for name in (f"{location}_training_reconciler", f"{location}_automation"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
+
+
+@pytest.mark.parametrize("location", sorted(LOCATIONS))
+def test_every_run_of_a_location_executes_its_steps_in_one_process(location: str) -> None:
+    # Automation runs use the implicit asset job, "__ASSET_JOB"; UI launches use it or a job.
+    defs: dg.Definitions = importlib.import_module(LOCATIONS[location]).defs
+    executors = {job.name: job.executor_def.name for job in defs.resolve_all_job_defs()}
+    assert "__ASSET_JOB" in executors
+    assert executors == dict.fromkeys(executors, dg.in_process_executor.name)

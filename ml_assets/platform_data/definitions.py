@@ -19,4 +19,6 @@ defs = dg.Definitions(
         # The one writer of GPU admission decisions for every team (see its module).
         build_admission_sensor(),
     ],
+    # Each raw table is a short step: one process per run, not one per step.
+    executor=dg.in_process_executor,
 )
