@@ -898,9 +898,10 @@ def test_databricks_custom_tags(workspace: Any, tags: dict[str, str], expected: 
     assert expected in databricks_refuses(workspace, wheel_task(custom_tags=tags))
 
 
-def test_databricks_task_keys(workspace: Any) -> None:
+@pytest.mark.parametrize("key", ["train model", "entraîner", "x" * 101])
+def test_databricks_task_keys(workspace: Any, key: str) -> None:
     task = wheel_task()
-    task["task_key"] = "train model"
+    task["task_key"] = key
     assert "task_key must be" in databricks_refuses(workspace, task)
 
 

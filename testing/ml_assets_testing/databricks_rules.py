@@ -6,11 +6,12 @@ From the Jobs and Clusters API references and the compute and library documentat
   ``JobsAPI.submit`` and the ``SubmitTask``/``ClusterSpec``/``Library``/... dataclasses of
   ``databricks-sdk``, generated from the API's own specification), and every enum field one of
   its values; anything else is ``400 MALFORMED_REQUEST``.
-* Tasks: 1 to 100; ``task_key`` required, unique, at most 100 characters of ``[\\w-]``; exactly
-  one task type; compute given by ``new_cluster``, ``existing_cluster_id``, ``job_cluster_key``
-  or ``environment_key``. A ``python_wheel_task`` names its ``package_name`` and
-  ``entry_point``; a ``spark_python_task``'s ``python_file`` is absolute (a workspace path) or a
-  cloud URI unless its source is Git. ``idempotency_token`` at most 64 characters;
+* Tasks: 1 to 100; ``task_key`` required, unique, at most 100 characters of ``[A-Za-z0-9_-]``;
+  exactly one task type; compute given by at most one of ``new_cluster``,
+  ``existing_cluster_id``, ``job_cluster_key`` or ``environment_key``. A
+  ``python_wheel_task`` names its ``package_name`` and ``entry_point``; a
+  ``spark_python_task``'s ``python_file`` is absolute (a workspace path) or a cloud URI unless
+  its source is Git. ``idempotency_token`` at most 64 characters;
   ``timeout_seconds`` not negative.
 * New clusters: ``spark_version`` one of the workspace's runtimes (``SPARK_VERSIONS``, served by
   ``clusters/spark-versions``); ``node_type_id`` and ``driver_node_type_id`` among its node types
@@ -45,7 +46,7 @@ MAX_TASKS = 100
 MAX_TASK_KEY = 100
 MAX_TOKEN = 64
 MAX_CUSTOM_TAGS = 45
-_TASK_KEY = re.compile(r"[\w\-]+")
+_TASK_KEY = re.compile(r"[A-Za-z0-9_-]+")  # the API's [\w-], ASCII as in its Java regex
 _TAG_TEXT = re.compile(r"[\w .:/=+\-@]*")
 _TASK_TYPES = (
     "notebook_task",

@@ -40,8 +40,8 @@ duplicate fields fail under ``fieldValidation=Strict`` and are dropped with a ``
 otherwise), then validated (422 ``Invalid`` with one cause per problem: names, labels,
 annotations, containers, env, volumes, tolerations, resources, restart policy). Errors are
 ``v1.Status`` objects. Beyond the service's rules the fake runs single-pod Jobs only: it
-rejects ``backoffLimit`` other than 0, ``restartPolicy`` other than Never and anything but one
-container with a ``command``.
+rejects a ``backoffLimit`` missing or other than 0, ``restartPolicy`` other than Never and
+anything but one container with a ``command``.
 
 Each started Job gets one pod ``<job>-<5 chars>`` labelled ``job-name=<job>`` and
 ``batch.kubernetes.io/controller-uid=<uid>``; its container's ``command + args`` runs through
